@@ -1,0 +1,122 @@
+"""Quality benchmark: train the CPU profile on real data within a wall-clock budget.
+
+Splits the patients of the data folder (default ``../shared/lgg``) into
+train, validation and test; trains the ResUNet with the training pipeline of
+notebook 04; chooses the checkpoint, threshold, component filter and flip
+test-time augmentation on validation patients only; then scores the test
+patients, which the model never saw. Writes ``quality.json``,
+``learning_curve.png``, ``per_patient.csv``, ``per_slice.csv`` and the
+trained ``model.keras`` under ``--out``.
+
+    python benchmarks/quality.py --data-dir ../shared/lgg --minutes 70
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import helpers
+from helpers import data, evaluation, plots, preprocessing, training
+from helpers.model import build_resunet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--out", default="artifacts/quality", help="output folder (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=70, help="training budget in minutes (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=60, help="most epochs (default: %(default)s)")
+    parser.add_argument("--input-size", type=int, default=128, help="model input size (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=16, help="base filters (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
+    parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
+    parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
+    parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    case_root = data.resolve_data_dir(args.data_dir)
+    manifest = data.build_manifest(case_root)
+    report = data.validate_manifest(manifest)
+    if not report.ok:
+        raise SystemExit(str(report))
+    split = preprocessing.split_patients(manifest, seed=args.seed)
+    split.to_csv(out / "split.csv", index=False)
+    cache = Path("artifacts/cache")
+    small = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache)
+    full = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=cache)
+
+    model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain)
+    training.compile_model(model)
+    train_images, train_masks, _ = small["train"]
+    val_images, val_masks, val_rows = small["val"]
+    train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
+                                          seed=args.seed, oversample_tumour=args.oversample)
+    val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
+    train_started = time.monotonic()
+    history = training.train(
+        model, train_ds, val_ds, out / "run", epochs=args.epochs,
+        time_budget_minutes=args.minutes, patience=12,
+        val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
+    )
+    train_seconds = time.monotonic() - train_started
+    plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
+
+    best = evaluation.load_model(out / "run" / "best.keras")
+    val_full_images, val_full_masks, val_full_rows = full["val"]
+    test_images, test_masks, test_rows = full["test"]
+    choices = {}
+    for tta in (False, True):
+        probabilities = evaluation.predict_probabilities(best, val_full_images, flip_tta=tta)
+        choice, table = evaluation.choose_postprocessing(probabilities, val_full_masks, val_full_rows["patient"].to_numpy())
+        choices[tta] = (table["val_dice_per_patient"].max(), choice, table)
+    use_tta = choices[True][0] > choices[False][0]
+    val_best, post, table = choices[use_tta]
+    table.to_csv(out / "postprocessing_validation.csv", index=False)
+
+    results = {}
+    for name, tta, threshold, minimum in (("plain_0.5", False, 0.5, 0), ("chosen_on_val", use_tta, post["threshold"], post["min_component_pixels"])):
+        probabilities = evaluation.predict_probabilities(best, test_images, flip_tta=tta)
+        prediction = evaluation.binarize(probabilities, threshold, minimum)
+        summary, slice_table, patient_table = evaluation.evaluate(test_masks, prediction, test_rows)
+        results[name] = summary
+        if name == "chosen_on_val":
+            slice_table.to_csv(out / "per_slice.csv", index=False)
+            patient_table.to_csv(out / "per_patient.csv", index=False)
+
+    clean = keras.models.clone_model(best)
+    clean.set_weights(best.get_weights())
+    clean.save(out / "model.keras")
+    report = {
+        "command": "python benchmarks/quality.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not False),
+        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
+        "keras": keras.__version__, "helpers": helpers.__version__,
+        "patients": split["split"].value_counts().to_dict(),
+        "test_patients": sorted(split.loc[split.split == "test", "patient"]),
+        "val_patients": sorted(split.loc[split.split == "val", "patient"]),
+        "epochs_run": int(len(history)),
+        "best_epoch": int(history["val_patient_dice"].idxmax()) + 1,
+        "val_patient_dice_best_epoch": float(history["val_patient_dice"].max()),
+        "training_seconds": train_seconds,
+        "total_seconds": time.monotonic() - started,
+        "postprocessing_chosen_on_val": {**post, "flip_tta": bool(use_tta), "val_dice_per_patient": float(val_best)},
+        "test": results,
+        "dice_per_patient_mean": results["chosen_on_val"]["dice_per_patient_mean"],
+    }
+    (out / "quality.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

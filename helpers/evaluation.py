@@ -1,0 +1,170 @@
+"""Predict whole sets of slices and score them per slice and per patient.
+
+Post-processing (probability threshold, removal of small connected
+components, test-time flips) is chosen on validation patients with
+``choose_postprocessing`` and then applied unchanged to test patients.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from skimage import morphology
+from tqdm.auto import tqdm
+
+from helpers import metrics
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved ``.keras`` model (custom losses and metrics registered by ``helpers``).
+
+    Raises:
+        FileNotFoundError: naming the path and the notebook that writes it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No model at {path}. Train one first: run notebooks/04_training.ipynb "
+            "(or `make run`), or pass the path of a saved .keras model."
+        )
+    return keras.models.load_model(path)
+
+
+def predict_probabilities(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 32,
+    flip_tta: bool = False,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Tumour probability of every pixel, at the images' own size.
+
+    Images are resized to the model's input size (area interpolation),
+    predicted, and the probabilities resized back (bilinear).
+
+    Args:
+        model: a model mapping (B, S, S, 3) in [0, 1] to (B, S, S, 1).
+        images: uint8 (N, H, W, 3), values 0-255.
+        batch_size: slices per prediction batch.
+        flip_tta: also predict the left-right flipped slice and average.
+        show_progress: show a progress bar.
+
+    Returns:
+        float32 (N, H, W), values 0-1.
+
+    Raises:
+        ValueError: if the images are not (N, H, W, 3).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}.")
+    size = model.input_shape[1]
+    height, width = images.shape[1:3]
+    outputs = np.empty(images.shape[:3], dtype=np.float32)
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="Predicting", disable=not show_progress, leave=False):
+        batch = tf.cast(images[start:start + batch_size], tf.float32) / 255.0
+        if (height, width) != (size, size):
+            batch = tf.image.resize(batch, (size, size), method="area")
+        probabilities = model(batch, training=False)
+        if flip_tta:
+            flipped = model(tf.reverse(batch, axis=[2]), training=False)
+            probabilities = (probabilities + tf.reverse(flipped, axis=[2])) / 2.0
+        if (height, width) != (size, size):
+            probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
+        outputs[start:start + batch_size] = np.asarray(probabilities)[..., 0]
+    return outputs
+
+
+def binarize(probabilities: np.ndarray, threshold: float = 0.5, min_component_pixels: int = 0) -> np.ndarray:
+    """Threshold probabilities and drop connected components smaller than a size.
+
+    Args:
+        probabilities: float (N, H, W) or (H, W), values 0-1.
+        threshold: a pixel is tumour when its probability is above this.
+        min_component_pixels: components (8-connected, per slice) with fewer
+            pixels are removed; 0 keeps all.
+
+    Returns:
+        uint8 array of the same shape, values 0 and 1.
+    """
+    masks = probabilities > threshold
+    if min_component_pixels > 0:
+        stack = masks if masks.ndim == 3 else masks[None]
+        stack = np.stack([
+            morphology.remove_small_objects(m, max_size=min_component_pixels - 1, connectivity=2)
+            if m.any() else m for m in stack
+        ])
+        masks = stack if masks.ndim == 3 else stack[0]
+    return masks.astype(np.uint8)
+
+
+def patient_dice_mean(truth: np.ndarray, prediction: np.ndarray, patients: np.ndarray) -> float:
+    """Mean over patients of the Dice over each patient's stack of slices."""
+    patients = np.asarray(patients)
+    return float(np.mean([
+        metrics.dice_score(truth[patients == p], prediction[patients == p])
+        for p in np.unique(patients)
+    ]))
+
+
+def choose_postprocessing(
+    probabilities: np.ndarray,
+    truth: np.ndarray,
+    patients: np.ndarray,
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    min_components: tuple[int, ...] = (0, 10, 30, 60, 100),
+) -> tuple[dict, pd.DataFrame]:
+    """Pick threshold and minimum component size that maximise validation per-patient Dice.
+
+    Call this on validation patients only; apply the result to test patients.
+
+    Args:
+        probabilities: float (N, H, W) validation probabilities.
+        truth: 0/1 (N, H, W) validation masks.
+        patients: the patient of each slice.
+        thresholds: candidate thresholds.
+        min_components: candidate minimum component sizes in pixels.
+
+    Returns:
+        The best ``{"threshold": t, "min_component_pixels": m}`` and the table
+        of every candidate's validation per-patient Dice.
+    """
+    rows = []
+    for threshold, minimum in itertools.product(thresholds, min_components):
+        prediction = binarize(probabilities, threshold, minimum)
+        rows.append({"threshold": threshold, "min_component_pixels": minimum,
+                     "val_dice_per_patient": patient_dice_mean(truth, prediction, patients)})
+    table = pd.DataFrame(rows)
+    best = table.loc[table["val_dice_per_patient"].idxmax()]
+    return {"threshold": float(best["threshold"]),
+            "min_component_pixels": int(best["min_component_pixels"])}, table
+
+
+def evaluate(
+    truth: np.ndarray, prediction: np.ndarray, manifest_rows: pd.DataFrame
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Score predictions per slice and per patient.
+
+    Args:
+        truth: 0/1 (N, H, W) ground truth.
+        prediction: 0/1 (N, H, W) predicted masks.
+        manifest_rows: the N manifest rows (``patient``, ``slice``), in order.
+
+    Returns:
+        (summary dict, per-slice table, per-patient table).
+
+    Raises:
+        ValueError: if there is nothing to evaluate.
+    """
+    if len(truth) == 0:
+        raise ValueError("No slices to evaluate: the test split is empty. Check split.csv.")
+    slice_table = metrics.per_slice_table(
+        truth, prediction, manifest_rows["patient"].to_numpy(), manifest_rows["slice"].to_numpy()
+    )
+    patient_table = metrics.per_patient_table(slice_table)
+    return metrics.summarize(slice_table, patient_table), slice_table, patient_table

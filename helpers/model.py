@@ -1,0 +1,121 @@
+"""The ResUNet: a U-Net whose blocks are pre-activation residual units.
+
+Follows Zhang, Liu & Wang, "Road Extraction by Deep Residual U-Net" (IEEE
+GRSL 2018): each unit is batch norm, ReLU, convolution, twice, added to a
+shortcut; the encoder downsamples with strided convolutions; a 1x1
+convolution projects the shortcut when its shape changes; the decoder
+upsamples, concatenates the encoder's features at the same scale (skip
+connections) and applies another residual unit. Built from Keras layers only,
+so it saves to ``.keras`` and loads with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def residual_unit(
+    inputs: keras.KerasTensor,
+    filters: int,
+    strides: int = 1,
+    first: bool = False,
+    residual: bool = True,
+    name: str = "unit",
+) -> keras.KerasTensor:
+    """One pre-activation residual unit (or a plain U-Net block).
+
+    Args:
+        inputs: feature map (B, H, W, C).
+        filters: output channels.
+        strides: 2 to halve height and width (the encoder's downsampling).
+        first: the network's first unit, which sees the raw image and so
+            starts with a convolution instead of batch norm and ReLU.
+        residual: add the shortcut; False gives a plain two-convolution
+            block of the same width, for comparison.
+        name: prefix of the layer names.
+
+    Returns:
+        Feature map (B, H / strides, W / strides, filters).
+    """
+    x = inputs
+    if not first:
+        x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+        x = layers.Activation("relu", name=f"{name}_relu1")(x)
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", name=f"{name}_conv1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = layers.Activation("relu", name=f"{name}_relu2")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2")(x)
+    if not residual:
+        return x
+    shortcut = inputs
+    if strides != 1 or inputs.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, name=f"{name}_proj")(inputs)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    return layers.Add(name=f"{name}_add")([x, shortcut])
+
+
+def build_resunet(
+    input_shape: tuple[int, int, int] = (256, 256, 3),
+    base_filters: int = 16,
+    depth: int = 4,
+    dropout: float = 0.0,
+    num_classes: int = 1,
+    residual: bool = True,
+    name: str = "resunet",
+) -> keras.Model:
+    """Build the ResUNet (or a plain U-Net with ``residual=False``).
+
+    Args:
+        input_shape: (H, W, channels); H and W must be divisible by
+            ``2 ** depth``.
+        base_filters: channels of the first level; each level below doubles it.
+        depth: number of downsamplings (levels below the first, the last
+            being the bridge).
+        dropout: dropout rate before the bridge and in the decoder, 0 for none.
+        num_classes: 1 gives a sigmoid mask (B, H, W, 1); more give a softmax
+            over classes (B, H, W, num_classes), class 0 being background.
+        residual: use residual units; False gives plain U-Net blocks.
+        name: the model's name.
+
+    Returns:
+        An uncompiled Keras model mapping float32 (B, H, W, C) in [0, 1] to
+        probabilities (B, H, W, num_classes), float32 even under mixed
+        precision.
+
+    Raises:
+        ValueError: if H or W is not divisible by ``2 ** depth``.
+    """
+    height, width = input_shape[:2]
+    if height % 2**depth or width % 2**depth:
+        raise ValueError(
+            f"Input size {height}x{width} must be divisible by 2**depth = {2**depth}."
+        )
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = residual_unit(inputs, base_filters, first=True, residual=residual, name="enc0")
+    skips = [x]
+    for level in range(1, depth + 1):
+        if level == depth and dropout:
+            x = layers.Dropout(dropout, name="bridge_dropout")(x)
+        x = residual_unit(
+            x, base_filters * 2**level, strides=2, residual=residual,
+            name="bridge" if level == depth else f"enc{level}",
+        )
+        if level < depth:
+            skips.append(x)
+    for level in range(depth - 1, -1, -1):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_skip")([x, skips[level]])
+        if dropout:
+            x = layers.Dropout(dropout, name=f"dec{level}_dropout")(x)
+        x = residual_unit(x, base_filters * 2**level, residual=residual, name=f"dec{level}")
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Conv2D(
+        num_classes, 1, activation=activation, dtype="float32", name="mask"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_residual_additions(model: keras.Model) -> int:
+    """Number of ``Add`` layers (residual additions) in a model."""
+    return sum(isinstance(layer, layers.Add) for layer in model.layers)

@@ -1,0 +1,220 @@
+"""Training: profiles, device strategy, callbacks and the fit loop.
+
+Two profiles: the default suits a Colab GPU; with no GPU a CPU profile
+(smaller input and width, a wall-clock budget) is chosen. Any value can be
+overridden by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from helpers.losses import DiceBCELoss, DiceScore
+from helpers.metrics import confusion_counts, scores_from_counts
+
+GPU_PROFILE = {
+    "name": "gpu",
+    "input_size": 256,
+    "base_filters": 32,
+    "batch_size": 16,
+    "epochs": 60,
+    "time_budget_minutes": None,
+    "mixed_precision": True,
+    "oversample_tumour": 0.0,
+}
+CPU_PROFILE = {
+    "name": "cpu",
+    "input_size": 128,
+    "base_filters": 16,
+    "batch_size": 16,
+    "epochs": 40,
+    "time_budget_minutes": 75,
+    "mixed_precision": False,
+    "oversample_tumour": 0.5,
+}
+
+
+def choose_profile(**overrides) -> dict:
+    """The GPU profile when a GPU is visible, else the CPU one; ``None`` overrides are ignored.
+
+    Args:
+        **overrides: profile keys to replace (``input_size=256``...).
+
+    Returns:
+        The profile dict, with ``device`` naming what was found.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    profile = dict(GPU_PROFILE if gpus else CPU_PROFILE)
+    profile.update({k: v for k, v in overrides.items() if v is not None})
+    profile["device"] = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    return profile
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """TPU if one is attached (Colab), MirroredStrategy for several GPUs, else the default."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except (ValueError, RuntimeError, tf.errors.NotFoundError):
+        pass
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-3,
+                  dice_weight: float = 1.0, bce_weight: float = 1.0) -> keras.Model:
+    """Compile with Adam, Dice + binary cross-entropy, and the Dice metric."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight),
+        metrics=[DiceScore()],
+    )
+    return model
+
+
+class PatientDice(keras.callbacks.Callback):
+    """Per-patient Dice on validation patients, logged as ``val_patient_dice``.
+
+    Each validation patient's slices are predicted and counted as one stack,
+    the way results on this dataset are reported; the mean over patients is
+    what checkpointing and early stopping watch.
+
+    Args:
+        images: uint8 (N, H, W, 3) validation slices at the model's input size.
+        masks: uint8 (N, H, W) validation masks, 0/1.
+        patients: the patient of each slice, length N.
+        batch_size: prediction batch size.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, patients, batch_size: int = 32):
+        super().__init__()
+        self.images, self.masks = images, masks
+        self.patients = np.asarray(patients)
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        probabilities = self.model.predict(
+            self.images.astype(np.float32) / 255.0, batch_size=self.batch_size, verbose=0
+        )[..., 0]
+        scores = []
+        for patient in np.unique(self.patients):
+            rows = self.patients == patient
+            counts = confusion_counts(self.masks[rows], probabilities[rows] > 0.5)
+            scores.append(scores_from_counts(*counts)["dice"])
+        if logs is not None:
+            logs["val_patient_dice"] = float(np.mean(scores))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training before an epoch would end past a wall-clock budget.
+
+    Args:
+        seconds: the budget, counted from the start of ``fit``.
+    """
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.stopped_for_time = False
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+        self.longest_epoch = 0.0
+        self.epoch_start = self.start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        self.longest_epoch = max(self.longest_epoch, now - self.epoch_start)
+        if now - self.start + self.longest_epoch > self.seconds:
+            self.stopped_for_time = True
+            self.model.stop_training = True
+            print(f"Time budget of {self.seconds / 60:.0f} min reached: stopping after epoch {epoch + 1}.")
+
+
+def train(
+    model: keras.Model,
+    train_dataset: tf.data.Dataset,
+    val_dataset: tf.data.Dataset,
+    output_dir: str | Path,
+    epochs: int = 40,
+    time_budget_minutes: float | None = None,
+    patience: int = 10,
+    val_patient_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    verbose: int | str = 2,
+) -> pd.DataFrame:
+    """Fit a compiled model with checkpointing, resumption and logging.
+
+    Writes under ``output_dir``: ``best.keras`` (best epoch by validation
+    per-patient Dice, or validation Dice without patient arrays),
+    ``backup/`` (``BackupAndRestore``: a killed run started again resumes at
+    its last finished epoch; kept when the loss turns NaN),
+    ``history.csv`` (appended on resume) and ``logs/`` (TensorBoard).
+
+    Args:
+        model: a compiled model.
+        train_dataset: batches of (image, mask) for training.
+        val_dataset: batches of (image, mask) for validation.
+        output_dir: folder for checkpoints and logs.
+        epochs: the most epochs to run (counting those before a resume).
+        time_budget_minutes: stop before an epoch would end past this.
+        patience: epochs without improvement before early stopping.
+        val_patient_arrays: (images, masks, patients) of the validation
+            slices, to compute per-patient Dice each epoch.
+        verbose: Keras verbosity; 2 prints one line per epoch (papermill logs).
+
+    Returns:
+        The whole history (all runs), one row per epoch.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history_path = output_dir / "history.csv"
+    monitor = "val_patient_dice" if val_patient_arrays is not None else "val_dice"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        output_dir / "best.keras", monitor=monitor, mode="max", save_best_only=True, verbose=1
+    )
+    if history_path.exists() and history_path.stat().st_size:
+        previous = pd.read_csv(history_path)
+        if monitor in previous:
+            checkpoint.best = float(previous[monitor].max())
+    callbacks = []
+    if val_patient_arrays is not None:
+        callbacks.append(PatientDice(*val_patient_arrays))
+    callbacks += [
+        checkpoint,
+        keras.callbacks.BackupAndRestore(str(output_dir / "backup"), delete_checkpoint=False),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.TensorBoard(str(output_dir / "logs")),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5, patience=4, verbose=1),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience),
+    ]
+    if time_budget_minutes:
+        callbacks.append(TimeBudget(time_budget_minutes * 60))
+    started = time.monotonic()
+    model.fit(train_dataset, validation_data=val_dataset, epochs=epochs,
+              callbacks=callbacks, verbose=verbose)
+    elapsed = time.monotonic() - started
+    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+    (output_dir / "training_time.json").write_text(json.dumps({"seconds": elapsed}))
+    if not history.empty and not np.all(np.isfinite(history["loss"])):
+        print("The loss became NaN: training stopped; the last good epoch is kept in backup/.")
+    return history
+
+
+def steps_per_epoch(n_slices: int, batch_size: int) -> int:
+    """Batches in one epoch of ``n_slices`` (the last batch may be partial)."""
+    return math.ceil(n_slices / batch_size)
