@@ -448,3 +448,63 @@ def load_arrays(
         np.savez(temporary, images=images, masks=masks)
         temporary.replace(cache_file)
     return images, masks
+
+
+def load_manifest(artifacts_dir: str | os.PathLike) -> pd.DataFrame:
+    """Read ``ARTIFACTS_DIR/manifest.csv``, written by notebook 01.
+
+    Raises:
+        FileNotFoundError: naming the file and the notebook to run first.
+    """
+    path = Path(artifacts_dir) / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run notebooks/01_data_download.ipynb first "
+            "(with the same ARTIFACTS_DIR)."
+        )
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def save_manifest(manifest: pd.DataFrame, artifacts_dir: str | os.PathLike, source: dict) -> Path:
+    """Write ``manifest.csv`` and ``dataset.json`` (where the data came from, counts).
+
+    Args:
+        manifest: the table of ``build_manifest``.
+        artifacts_dir: the artifacts folder (created if missing).
+        source: facts about the copy used (``source``, ``case_root``,
+            ``dropped_slices``...), stored in ``dataset.json``.
+
+    Returns:
+        The path of ``manifest.csv``.
+    """
+    import json
+
+    folder = Path(artifacts_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    facts = {
+        **source,
+        "patients": int(manifest["patient"].nunique()),
+        "slices": int(len(manifest)),
+        "slices_with_tumour": int((manifest["tumour_pixels"] > 0).sum()),
+    }
+    (folder / "dataset.json").write_text(json.dumps(facts, indent=2, default=str))
+    return folder / "manifest.csv"
+
+
+def summary_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Patients, slices and share of tumour slices per institution, with a total row."""
+    tumour = manifest["tumour_pixels"] > 0
+    table = manifest.assign(tumour=tumour).groupby("institution").agg(
+        patients=("patient", "nunique"), slices=("slice", "size"), tumour_slices=("tumour", "sum")
+    )
+    table.loc["all"] = [manifest["patient"].nunique(), len(manifest), int(tumour.sum())]
+    table["tumour_share"] = (table["tumour_slices"] / table["slices"]).round(3)
+    return table
+
+
+def pick_examples(manifest: pd.DataFrame, count: int = 8, seed: int = 42) -> pd.DataFrame:
+    """Rows of tumour slices from different patients (the largest tumour of each)."""
+    tumour = manifest[manifest["tumour_pixels"] > 0]
+    largest = tumour.loc[tumour.groupby("patient")["tumour_pixels"].idxmax()]
+    return largest.sample(n=min(count, len(largest)), random_state=seed).sort_values("patient")

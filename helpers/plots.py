@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -139,5 +138,103 @@ def per_patient_dice(patient_table: pd.DataFrame) -> plt.Figure:
     right.scatter(table["tumour_pixels"], table["dice"], color="#48a")
     right.set(xscale="symlog", xlabel="tumour pixels (all slices)", ylabel="Dice", ylim=(0, 1.05),
               title="Dice against tumour size")
+    figure.tight_layout()
+    return figure
+
+
+def architecture(model) -> plt.Figure:
+    """The ResUNet as a U: one box per unit, its depth by resolution, skips as arrows.
+
+    Args:
+        model: a model built by ``helpers.model.build_resunet``.
+    """
+    units = []
+    for layer in model.layers:
+        name = layer.name
+        if name.endswith("_add") or (name.endswith("_conv2") and not any(
+                other.name == name.replace("_conv2", "_add") for other in model.layers)):
+            units.append((name.rsplit("_", 1)[0], layer.output.shape))
+    figure, axis = plt.subplots(figsize=(10, 4.2))
+    top = units[0][1][1]
+    positions = {}
+    for index, (name, shape) in enumerate(units):
+        level = int(np.log2(top // shape[1]))
+        x, y = index, -level
+        positions[name] = (x, y)
+        colour = "#7ab" if name.startswith("enc") else "#c96" if name == "bridge" else "#8b7"
+        axis.add_patch(plt.Rectangle((x - 0.4, y - 0.3), 0.8, 0.6, color=colour))
+        axis.text(x, y + 0.05, name, ha="center", va="center", fontsize=8)
+        axis.text(x, y - 0.18, f"{shape[1]}x{shape[2]}x{shape[3]}", ha="center", va="center", fontsize=6)
+        if index:
+            previous = positions[units[index - 1][0]]
+            axis.annotate("", (x - 0.4, y), (previous[0] + 0.4, previous[1]),
+                          arrowprops={"arrowstyle": "->", "color": "k"})
+    for name, (x, y) in positions.items():
+        if name.startswith("dec"):
+            source = positions.get("enc" + name[3:])
+            if source:
+                axis.annotate("", (x - 0.3, y + 0.3), (source[0] + 0.3, source[1] + 0.3),
+                              arrowprops={"arrowstyle": "->", "color": "#888", "linestyle": "--",
+                                          "connectionstyle": "arc3,rad=-0.15"})
+    axis.set_xlim(-0.8, len(units) - 0.2)
+    axis.set_ylim(min(y for _, y in positions.values()) - 0.6, 0.9)
+    axis.axis("off")
+    axis.set_title("ResUNet: encoder (blue), bridge (orange), decoder (green); dashed: skip connections")
+    return figure
+
+
+def postprocessing_curve(table: pd.DataFrame) -> plt.Figure:
+    """Validation per-patient Dice against threshold, one line per minimum component size."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for minimum, rows in table.groupby("min_component_pixels"):
+        axis.plot(rows["threshold"], rows["val_dice_per_patient"], marker="o", label=f"min component {minimum} px")
+    axis.set(xlabel="probability threshold", ylabel="validation per-patient Dice",
+             title="Post-processing chosen on validation patients")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def detection_confusion(slice_table: pd.DataFrame) -> plt.Figure:
+    """Slice-level confusion matrix: tumour present in ground truth against prediction."""
+    truth = slice_table["tumour_pixels"] > 0
+    predicted = slice_table["predicted_pixels"] > 0
+    matrix = np.array([[(~truth & ~predicted).sum(), (~truth & predicted).sum()],
+                       [(truth & ~predicted).sum(), (truth & predicted).sum()]])
+    figure, axis = plt.subplots(figsize=(3.8, 3.4))
+    axis.imshow(matrix, cmap="Blues")
+    for (row, column), value in np.ndenumerate(matrix):
+        axis.text(column, row, str(value), ha="center", va="center",
+                  color="white" if value > matrix.max() / 2 else "black")
+    axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["no tumour", "tumour"],
+             yticklabels=["no tumour", "tumour"], xlabel="predicted", ylabel="ground truth",
+             title="Slice-level detection")
+    figure.tight_layout()
+    return figure
+
+
+def tumour_burden(patient_table: pd.DataFrame) -> plt.Figure:
+    """Predicted against true tumour area per patient, with Pearson's r."""
+    true_area, predicted_area = patient_table["tumour_pixels"], patient_table["predicted_pixels"]
+    r = float(np.corrcoef(true_area, predicted_area)[0, 1]) if len(patient_table) > 1 else float("nan")
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    axis.scatter(true_area, predicted_area, color="#48a")
+    limit = max(true_area.max(), predicted_area.max(), 1) * 1.05
+    axis.plot([0, limit], [0, limit], "k--", linewidth=1)
+    axis.set(xlabel="true tumour pixels (all slices)", ylabel="predicted tumour pixels",
+             title=f"Tumour burden per patient (r = {r:.3f})", xlim=(0, limit), ylim=(0, limit))
+    figure.tight_layout()
+    return figure
+
+
+def slice_strip(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, numbers, columns: int = 6) -> plt.Figure:
+    """A static grid of one patient's slices, coloured by TP (green), FP (red), FN (blue)."""
+    rows = int(np.ceil(len(images) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, image, truth, prediction, number in zip(axes.ravel(), images, truths, predictions, numbers):
+        axis.imshow(overlay(image, truth, prediction))
+        axis.set_title(f"slice {number}", fontsize=7)
     figure.tight_layout()
     return figure

@@ -82,6 +82,25 @@ def split_patients(
         remaining = [i for i in rng.permutation(n) if assignment[i] == "train"]
         for i in remaining[: picks[side]]:
             assignment[i] = side
+    # An institution whose patients straddle two blocks can lose all of them
+    # to val and test. Give one back to train, swapping it with the training
+    # patient of closest burden from an institution that keeps another one.
+    institutions = patients["institution"].to_numpy()
+    burdens = patients["burden"].to_numpy()
+    for institution in np.unique(institutions):
+        members = np.flatnonzero(institutions == institution)
+        if len(members) < 3 or any(assignment[i] == "train" for i in members):
+            continue
+        train_per_institution = pd.Series(
+            [institutions[i] for i in range(n) if assignment[i] == "train"]
+        ).value_counts()
+        donors = [i for i in range(n) if assignment[i] == "train"
+                  and train_per_institution[institutions[i]] >= 2]
+        moved = members[0]
+        side, assignment[moved] = assignment[moved], "train"
+        if donors:
+            donor = min(donors, key=lambda i: (abs(burdens[i] - burdens[moved]), i))
+            assignment[donor] = side
     patients["split"] = assignment
     split = patients[["patient", "institution", "split"]].sort_values("patient").reset_index(drop=True)
     if (split["split"] == "train").sum() == 0:
@@ -283,9 +302,47 @@ def arrays_by_split(
 
     check_split_leakage(split)
     images, masks = load_arrays(manifest, size=size, cache_dir=cache_dir, show_progress=show_progress)
-    side_of = manifest["patient"].map(dict(zip(split["patient"], split["split"])))
+    side_of = manifest["patient"].map(dict(zip(split["patient"], split["split"], strict=True)))
     result = {}
     for side in SPLITS:
         chosen = (side_of == side).to_numpy()
         result[side] = (images[chosen], masks[chosen], manifest[chosen].reset_index(drop=True))
     return result
+
+
+def load_split(artifacts_dir) -> pd.DataFrame:
+    """Read ``ARTIFACTS_DIR/split.csv``, written by notebook 02.
+
+    Raises:
+        FileNotFoundError: naming the file and the notebook to run first.
+    """
+    from pathlib import Path
+
+    path = Path(artifacts_dir) / "split.csv"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run notebooks/02_preprocessing.ipynb first "
+            "(with the same ARTIFACTS_DIR)."
+        )
+    split = pd.read_csv(path)
+    check_split_leakage(split)
+    return split
+
+
+def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int = 2) -> dict:
+    """Slices per second a pipeline delivers, after ``warmup`` batches.
+
+    Returns:
+        ``{"slices_per_second": float, "batches": int, "seconds": float}``.
+    """
+    import time
+
+    iterator = iter(dataset.repeat())
+    for _ in range(warmup):
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        images, _ = next(iterator)
+        count += int(images.shape[0])
+    seconds = time.perf_counter() - start
+    return {"slices_per_second": count / seconds, "batches": batches, "seconds": seconds}

@@ -145,6 +145,35 @@ class TimeBudget(keras.callbacks.Callback):
             print(f"Time budget of {self.seconds / 60:.0f} min reached: stopping after epoch {epoch + 1}.")
 
 
+def _loss_is_finite(logs: dict | None) -> bool:
+    loss = (logs or {}).get("loss")
+    return loss is None or bool(np.isfinite(loss))
+
+
+class _CheckpointUnlessNaN(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that skips an epoch whose loss turned NaN.
+
+    A model with NaN weights predicts nothing, which can score a higher
+    validation Dice than a real model on mostly empty slices.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _loss_is_finite(logs):
+            super().on_epoch_end(epoch, logs)
+
+
+class _BackupUnlessNaN(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that keeps the last good epoch when the loss turns NaN.
+
+    ``TerminateOnNaN`` stops mid-epoch, but Keras still ends the epoch, and the
+    plain callback would then overwrite the backup with the NaN weights.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _loss_is_finite(logs):
+            super().on_epoch_end(epoch, logs)
+
+
 def train(
     model: keras.Model,
     train_dataset: tf.data.Dataset,
@@ -183,7 +212,7 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     history_path = output_dir / "history.csv"
     monitor = "val_patient_dice" if val_patient_arrays is not None else "val_dice"
-    checkpoint = keras.callbacks.ModelCheckpoint(
+    checkpoint = _CheckpointUnlessNaN(
         output_dir / "best.keras", monitor=monitor, mode="max", save_best_only=True, verbose=1
     )
     if history_path.exists() and history_path.stat().st_size:
@@ -195,7 +224,7 @@ def train(
         callbacks.append(PatientDice(*val_patient_arrays))
     callbacks += [
         checkpoint,
-        keras.callbacks.BackupAndRestore(str(output_dir / "backup"), delete_checkpoint=False),
+        _BackupUnlessNaN(str(output_dir / "backup"), delete_checkpoint=False),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TensorBoard(str(output_dir / "logs")),
@@ -218,3 +247,33 @@ def train(
 def steps_per_epoch(n_slices: int, batch_size: int) -> int:
     """Batches in one epoch of ``n_slices`` (the last batch may be partial)."""
     return math.ceil(n_slices / batch_size)
+
+
+def describe_device() -> str:
+    """A one-line description of the devices TensorFlow sees."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+    import os
+
+    return f"CPU only ({os.cpu_count()} cores)"
+
+
+def export_model(source: str | Path, destination: str | Path) -> Path:
+    """Save a trained model without its optimizer state, for inference.
+
+    Args:
+        source: a ``.keras`` checkpoint.
+        destination: the ``.keras`` file to write.
+
+    Returns:
+        The destination path.
+    """
+    trained = keras.models.load_model(source)
+    clean = keras.models.clone_model(trained)
+    clean.set_weights(trained.get_weights())
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    clean.save(destination)
+    return destination

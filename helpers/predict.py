@@ -1,0 +1,218 @@
+"""Command line: segment MRI images and write masks, overlays and a table.
+
+    python -m helpers.predict INPUT... --out DIR [--model PATH] [--threshold 0.5] [--overwrite]
+
+For each input ``NAME.ext`` it writes ``DIR/NAME_mask.png`` (0 and 255, at
+the input's height and width) and ``DIR/NAME_overlay.png``, and one row of
+``DIR/predictions.csv``. A thin wrapper over ``helpers.inference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from helpers import inference, metrics
+
+TABLE_NAME = "predictions.csv"
+DISCLAIMER = (
+    "For research and teaching only, not for diagnosis: the model was trained on "
+    "lower-grade glioma FLAIR slices of one public dataset and has not been validated "
+    "for clinical use."
+)
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``--help`` shows every default."""
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.predict",
+        description=(
+            "Segment brain tumours (lower-grade glioma) in MRI slices with the ResUNet. "
+            "Inputs are PNG, JPEG or TIFF files, or folders searched recursively for them; "
+            "files named NAME_mask.ext are ground truth, not inputs, and give a Dice column "
+            "when they sit beside NAME.ext. " + DISCLAIMER
+        ),
+        epilog=(
+            "Writes DIR/NAME_mask.png (0 and 255), DIR/NAME_overlay.png and DIR/predictions.csv. "
+            "Exit status: 0 all images segmented (or kept), 1 some failed, 2 usage error."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("--model", type=Path, default=inference.DEFAULT_MODEL, help="saved .keras model")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", default=argparse.SUPPRESS,
+                        help="output folder (created if missing); required")
+    parser.add_argument("--threshold", type=_threshold, default=0.5,
+                        help="a pixel is tumour when its probability is above this (0-1)")
+    parser.add_argument("--min-component-pixels", type=_non_negative, default=0,
+                        help="drop predicted regions smaller than this many pixels; 0 keeps all")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs instead of keeping them")
+    return parser
+
+
+def _report(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def _dice_with_truth(image_path: Path, mask: np.ndarray) -> float:
+    """Dice against ``NAME_mask.ext`` beside the image, NaN when there is none."""
+    truth_path = inference.ground_truth_for(image_path)
+    if truth_path is None:
+        return float("nan")
+    try:
+        truth = inference.load_mask(truth_path)
+    except inference.ImageLoadError as error:
+        _report(f"warning: no Dice for {image_path}: {error}")
+        return float("nan")
+    if truth.shape != mask.shape:
+        _report(f"warning: no Dice for {image_path}: its mask {truth_path.name} is "
+                f"{truth.shape[1]}x{truth.shape[0]}, the image {mask.shape[1]}x{mask.shape[0]}.")
+        return float("nan")
+    return metrics.dice_score(truth, mask)
+
+
+def predict_files(
+    images: list[Path], out: Path, model, threshold: float = 0.5, min_component_pixels: int = 0,
+    overwrite: bool = False,
+) -> tuple[pd.DataFrame, list[Path], list[tuple[Path, str]]]:
+    """Segment files one by one, writing a mask and an overlay for each.
+
+    Args:
+        images: image files.
+        out: output folder (must exist).
+        model: the Keras model.
+        threshold: probability threshold, 0-1.
+        min_component_pixels: smallest predicted region kept.
+        overwrite: replace existing outputs; otherwise an input whose
+            outputs exist is skipped.
+
+    Returns:
+        (one table row per segmented image, inputs skipped because their
+        outputs exist, (input, message naming the input) of each failure).
+    """
+    rows, kept, failed = [], [], []
+    used_names: dict[str, Path] = {}
+    for path in tqdm(images, desc="Segmenting", unit="image"):
+        # Only the base name reaches the output folder, so no input can write elsewhere.
+        name = Path(path.name).stem
+        if name in used_names:
+            reason = (f"{path}: output name {name} is already used by {used_names[name]}; rename "
+                      "one of them or segment them into different folders")
+            failed.append((path, reason))
+            _report(f"error: {reason}")
+            continue
+        used_names[name] = path
+        mask_file, overlay_file = out / f"{name}_mask.png", out / f"{name}_overlay.png"
+        if not overwrite and (mask_file.exists() or overlay_file.exists()):
+            kept.append(path)
+            _report(f"kept: {path}: {mask_file.name} already exists (pass --overwrite to replace it)")
+            continue
+        try:
+            image = inference.load_image(path)
+            result = inference.segment(model, image, threshold, min_component_pixels)
+            Image.fromarray(result.mask * np.uint8(255)).save(mask_file)
+            Image.fromarray(result.overlay).save(overlay_file)
+        except (inference.ImageLoadError, OSError, ValueError) as error:
+            # An ImageLoadError names the file already; other errors do not.
+            reason = str(error) if isinstance(error, inference.ImageLoadError) else f"{path}: {error}"
+            failed.append((path, reason))
+            _report(f"error: {reason}")
+            continue
+        rows.append({
+            "file": str(path),
+            "tumour_pixels": result.tumour_pixels,
+            "tumour_present": result.tumour_present,
+            "max_probability": round(result.max_probability, 6),
+            "dice": _dice_with_truth(path, result.mask),
+        })
+    table = pd.DataFrame(rows, columns=["file", "tumour_pixels", "tumour_present", "max_probability", "dice"])
+    return table, kept, failed
+
+
+def _merge_table(table: pd.DataFrame, table_path: Path) -> pd.DataFrame:
+    """Add the rows of an earlier run for files not segmented again in this one."""
+    if table_path.is_file():
+        try:
+            earlier = pd.read_csv(table_path)
+        except (OSError, ValueError, pd.errors.ParserError) as error:
+            _report(f"warning: {table_path} could not be read ({error}); writing it anew.")
+        else:
+            if "file" in earlier:
+                earlier = earlier[~earlier["file"].isin(table["file"])]
+                table = pd.concat([earlier, table], ignore_index=True) if len(earlier) else table
+    if table["dice"].isna().all():
+        table = table.drop(columns="dice")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments (without the program name); ``None`` for ``sys.argv[1:]``.
+
+    Returns:
+        0 when every image was segmented or kept, 1 when any failed, 2 for a
+        usage error (bad option, missing input or model, nothing to segment).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse exits; return its status so callers can test it.
+        return int(stop.code or 0)
+    try:
+        images, masks = inference.find_images(args.inputs)
+    except FileNotFoundError as error:
+        parser.print_usage(sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if masks:
+        print(f"Skipped {len(masks)} ground-truth file(s) named *_mask as inputs.", file=sys.stderr)
+    if not images:
+        print(f"error: no image (.png, .jpg, .jpeg, .tif, .tiff) found in {', '.join(args.inputs)}.",
+              file=sys.stderr)
+        return 2
+    try:
+        model = inference.load_default_model(args.model)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"Model: {Path(args.model).resolve()}\nOutput: {args.out.resolve()}", file=sys.stderr)
+    table, kept, failed = predict_files(
+        images, args.out, model, args.threshold, args.min_component_pixels, args.overwrite
+    )
+    table_path = args.out / TABLE_NAME
+    _merge_table(table, table_path).to_csv(table_path, index=False)
+    print(f"Segmented {len(table)}, kept {len(kept)} existing, failed {len(failed)} of "
+          f"{len(images)} image(s). Table: {table_path}")
+    if failed:
+        print(f"{len(failed)} image(s) failed:", file=sys.stderr)
+        for _, reason in failed:
+            print(f"  {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

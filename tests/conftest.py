@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic dataset in the Kaggle layout, written once per session.
+
+Session fixtures are read-only by convention: a test that needs to damage or
+change files copies the dataset into its own ``tmp_path`` first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.data import build_manifest, load_arrays
+from helpers.synthetic import make_synthetic_dataset
+
+SYNTHETIC_PATIENTS = 6
+SYNTHETIC_SLICES = 12
+SYNTHETIC_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A download-like root holding ``kaggle_3m/``: 6 patients x 12 slices of 32x32."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(
+        root, n_patients=SYNTHETIC_PATIENTS, slices_per_patient=SYNTHETIC_SLICES,
+        size=SYNTHETIC_SIZE, seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(synthetic_root) -> pd.DataFrame:
+    """The manifest of ``synthetic_root`` (72 rows)."""
+    return build_manifest(synthetic_root / "kaggle_3m", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_arrays(synthetic_manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images uint8 (72, 32, 32, 3) and masks uint8 (72, 32, 32), 0/1."""
+    return load_arrays(synthetic_manifest, size=SYNTHETIC_SIZE, show_progress=False)
+

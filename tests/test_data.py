@@ -1,0 +1,316 @@
+"""Tests of helpers.data: finding the dataset, indexing, validation and decoding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from helpers import data
+from helpers.data import (
+    DatasetError,
+    build_manifest,
+    check_split_leakage,
+    find_case_root,
+    load_arrays,
+    resolve_data_dir,
+    validate_manifest,
+)
+from helpers.synthetic import make_synthetic_dataset
+
+# The shape of the session dataset written by conftest.synthetic_root.
+SYNTHETIC_PATIENTS, SYNTHETIC_SLICES, SYNTHETIC_SIZE = 6, 12, 32
+
+# --- Finding the folder of patient folders -----------------------------------------------
+
+
+def test_find_case_root_from_download_root_and_from_kaggle_3m(synthetic_root):
+    expected = (synthetic_root / "kaggle_3m").resolve()
+    assert find_case_root(synthetic_root) == expected
+    assert find_case_root(synthetic_root / "kaggle_3m") == expected
+    assert resolve_data_dir(synthetic_root) == expected
+    assert resolve_data_dir(str(synthetic_root / "kaggle_3m")) == expected
+
+
+def test_find_case_root_in_the_nested_copy(tmp_path):
+    # A root that holds only the nested copy, as when the top-level one was deleted.
+    nested = tmp_path / "lgg-mri-segmentation" / "kaggle_3m"
+    nested.mkdir(parents=True)
+    (nested / "TCGA_CS_A000_20000115").mkdir()
+    assert find_case_root(tmp_path) == nested.resolve()
+    assert find_case_root(nested) == nested.resolve()
+
+
+def test_download_layout_with_duplicate_copy_counts_each_slice_once(tmp_path):
+    n_patients, n_slices = 3, 4
+    make_synthetic_dataset(tmp_path, n_patients=n_patients, slices_per_patient=n_slices, size=16,
+                           duplicate_copy=True, semicolon_csv=True)
+    assert (tmp_path / "lgg-mri-segmentation" / "kaggle_3m").is_dir()
+    case_root = resolve_data_dir(tmp_path)
+    assert case_root == (tmp_path / "kaggle_3m").resolve()
+    manifest = build_manifest(case_root, show_progress=False)
+    assert len(manifest) == n_patients * n_slices
+    assert not manifest.duplicated(["patient", "slice"]).any()
+    assert manifest["image_path"].is_unique
+    assert not manifest["image_path"].str.contains("lgg-mri-segmentation").any()
+    # The semicolon data.csv was understood: clinical columns are joined, not one glued column.
+    assert manifest["death01"].notna().all()
+
+
+def test_empty_folder_raises_naming_it(tmp_path):
+    empty = tmp_path / "nothing_here"
+    (empty / "some_other_folder").mkdir(parents=True)
+    with pytest.raises(DatasetError) as raised:
+        resolve_data_dir(empty)
+    assert str(empty.resolve()) in str(raised.value)
+
+
+# --- resolve_data_dir: argument, then variable, then kagglehub ---------------------------
+
+
+def _tiny_dataset(root: Path) -> Path:
+    make_synthetic_dataset(root, n_patients=1, slices_per_patient=1, size=16)
+    return (root / "kaggle_3m").resolve()
+
+
+def test_resolve_prefers_argument_then_variable(tmp_path, monkeypatch):
+    from_argument = _tiny_dataset(tmp_path / "argument")
+    from_variable = _tiny_dataset(tmp_path / "variable")
+    monkeypatch.setenv("LGG_DATA_DIR", str(tmp_path / "variable"))
+    assert resolve_data_dir(tmp_path / "argument") == from_argument
+    assert resolve_data_dir(None) == from_variable
+
+
+def test_resolve_without_argument_or_variable_reports_failed_download(monkeypatch):
+    import kagglehub
+
+    import helpers.synthetic
+
+    monkeypatch.delenv("LGG_DATA_DIR", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network in this test")
+
+    def must_not_be_called(*args, **kwargs):
+        raise AssertionError("resolve_data_dir fell back to synthetic data")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", no_network)
+    monkeypatch.setattr(helpers.synthetic, "make_synthetic_dataset", must_not_be_called)
+    with pytest.raises(DatasetError) as raised:
+        resolve_data_dir()
+    message = str(raised.value)
+    assert "LGG_DATA_DIR" in message
+    assert "no network in this test" in message
+
+
+# --- The manifest ------------------------------------------------------------------------
+
+
+def test_slices_sorted_as_numbers(synthetic_manifest):
+    expected = list(range(1, SYNTHETIC_SLICES + 1))  # 1, 2, ..., 10, 11, 12
+    for case, rows in synthetic_manifest.groupby("case", sort=False):
+        assert rows["slice"].tolist() == expected
+        names = [Path(p).name for p in rows["image_path"]]
+        assert names == [f"{case}_{n}.tif" for n in expected]
+        assert [Path(p).name for p in rows["mask_path"]] == [f"{case}_{n}_mask.tif" for n in expected]
+    assert len(synthetic_manifest) == SYNTHETIC_PATIENTS * SYNTHETIC_SLICES
+
+
+def test_manifest_identity_columns(synthetic_manifest):
+    row = synthetic_manifest.iloc[0]
+    # Case TCGA_CS_A000_20000115: patient drops the date, institution is the second field.
+    assert row["case"] == "TCGA_CS_A000_20000115"
+    assert row["patient"] == "TCGA_CS_A000"
+    assert row["institution"] == "CS"
+
+
+def test_tumour_pixels_counts_mask_pixels(synthetic_manifest):
+    for row in synthetic_manifest.itertuples():
+        mask = tifffile.imread(row.mask_path)
+        assert row.tumour_pixels == int((mask == 255).sum())
+    # The synthetic set puts tumour on the middle slices only: both kinds are present.
+    assert (synthetic_manifest["tumour_pixels"] > 0).any()
+    assert (synthetic_manifest["tumour_pixels"] == 0).any()
+
+
+@pytest.mark.parametrize("semicolon", [False, True], ids=["comma", "semicolon"])
+def test_clinical_columns_joined_for_both_csv_dialects(tmp_path, semicolon):
+    make_synthetic_dataset(tmp_path, n_patients=3, slices_per_patient=2, size=16, semicolon_csv=semicolon)
+    header = (tmp_path / "kaggle_3m" / "data.csv").read_text().splitlines()[0]
+    assert (";" in header) == semicolon
+    manifest = build_manifest(tmp_path / "kaggle_3m", show_progress=False)
+    for row in manifest.itertuples():
+        # The synthetic table gives patient A00k an age of 30 + k and death01 = k % 2.
+        index = int(row.patient.split("_")[2][1:])
+        assert row.age_at_initial_pathologic == 30 + index
+        assert row.death01 == index % 2
+
+
+def test_manifest_marks_missing_mask(tmp_path):
+    make_synthetic_dataset(tmp_path, n_patients=1, slices_per_patient=3, size=16)
+    case_dir = next((tmp_path / "kaggle_3m").glob("TCGA_*"))
+    next(case_dir.glob("*_2_mask.tif")).unlink()
+    manifest = build_manifest(tmp_path / "kaggle_3m", show_progress=False)
+    row = manifest.set_index("slice").loc[2]
+    assert row["mask_path"] == ""
+    assert row["tumour_pixels"] == -1
+
+
+# --- Validation ---------------------------------------------------------------------------
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    tifffile.imwrite(path, array)
+
+
+def test_validation_reports_every_bad_slice(tmp_path):
+    size = 16
+    root = make_synthetic_dataset(tmp_path / "copy", n_patients=2, slices_per_patient=12, size=size)
+    case_root = root / "kaggle_3m"
+    cases = sorted(p for p in case_root.iterdir() if p.is_dir())
+    first, second = cases[0], cases[1]
+
+    def image(case: Path, n: int) -> Path:
+        return case / f"{case.name}_{n}.tif"
+
+    def mask(case: Path, n: int) -> Path:
+        return case / f"{case.name}_{n}_mask.tif"
+
+    rng = np.random.default_rng(0)
+    # One damage per slice; each maps (case, slice) to the file and a word of the message.
+    expected: dict[tuple[str, int], tuple[Path, str]] = {}
+
+    mask(first, 1).unlink()
+    expected[(first.name, 1)] = (image(first, 1), "without mask")
+
+    image(first, 2).unlink()
+    expected[(first.name, 2)] = (mask(first, 2), "without image")
+
+    image(first, 3).write_bytes(b"")
+    expected[(first.name, 3)] = (image(first, 3), "zero bytes")
+
+    whole = image(first, 4).read_bytes()
+    image(first, 4).write_bytes(whole[: len(whole) // 2])
+    expected[(first.name, 4)] = (image(first, 4), "")
+
+    mask(first, 5).write_text("this is a text file, not a TIFF\n")
+    expected[(first.name, 5)] = (mask(first, 5), "")
+
+    _write(image(first, 6), rng.integers(0, 255, (size // 2, size // 2, 3), dtype=np.uint8))
+    _write(mask(first, 6), np.zeros((size // 2, size // 2), dtype=np.uint8))
+    expected[(first.name, 6)] = (image(first, 6), f"{size // 2}x{size // 2}")
+
+    _write(image(first, 7), rng.integers(0, 255, (size, size, 4), dtype=np.uint8))
+    expected[(first.name, 7)] = (image(first, 7), "4")
+
+    _write(mask(first, 8), np.zeros((size // 2, size // 2), dtype=np.uint8))
+    expected[(first.name, 8)] = (mask(first, 8), "differs")
+
+    three_values = np.zeros((size, size), dtype=np.uint8)
+    three_values[:4, :4], three_values[8:, 8:] = 128, 255
+    _write(mask(first, 9), three_values)
+    expected[(first.name, 9)] = (mask(first, 9), "128")
+
+    shutil.copyfile(image(second, 3), image(second, 7))
+    expected[(second.name, 7)] = (image(second, 7), image(second, 3).name)
+
+    manifest = build_manifest(case_root, show_progress=False)
+    report = validate_manifest(manifest, expected_size=(size, size), show_progress=False)
+
+    assert not report.ok
+    assert len(report.problems) == len(expected)
+    problems = {Path(file).name: message for file, message in report.problems}
+    for (case, number), (file, word) in expected.items():
+        assert file.name in problems, f"{file.name} ({case} slice {number}) not reported"
+        assert problems[file.name].strip(), f"{file.name} reported without a message"
+        assert word in problems[file.name], problems[file.name]
+        assert file.name in str(report)
+
+    bad = {(r.case, r.slice) for r in manifest.loc[sorted(report.bad_rows)].itertuples()}
+    assert bad == set(expected)
+    # Every other slice is in the manifest and un-flagged.
+    good = manifest.drop(index=list(report.bad_rows))
+    assert len(good) == 2 * 12 - len(expected)
+    assert len(manifest) == 2 * 12
+    assert validate_manifest(good, expected_size=(size, size), show_progress=False).ok
+
+
+def test_validation_of_clean_dataset_is_ok(synthetic_manifest):
+    report = validate_manifest(
+        synthetic_manifest, expected_size=(SYNTHETIC_SIZE, SYNTHETIC_SIZE), show_progress=False
+    )
+    assert report.ok, str(report)
+    assert report.bad_rows == set()
+
+
+def test_validation_flags_wrong_expected_size(synthetic_manifest):
+    rows = synthetic_manifest.head(3)
+    report = validate_manifest(rows, expected_size=(256, 256), show_progress=False)
+    assert report.bad_rows == set(rows.index)
+
+
+def test_check_split_leakage():
+    clean = pd.DataFrame({"patient": ["A", "B", "C"], "split": ["train", "val", "test"]})
+    check_split_leakage(clean)
+    leaky = pd.DataFrame({"patient": ["A", "A", "B"], "split": ["train", "test", "val"]})
+    with pytest.raises(DatasetError, match="'A'"):
+        check_split_leakage(leaky)
+
+
+# --- Decoding ----------------------------------------------------------------------------
+
+
+def test_load_arrays_without_resize_is_exact(synthetic_manifest, synthetic_arrays):
+    images, masks = synthetic_arrays
+    n = len(synthetic_manifest)
+    assert images.shape == (n, SYNTHETIC_SIZE, SYNTHETIC_SIZE, 3) and images.dtype == np.uint8
+    assert masks.shape == (n, SYNTHETIC_SIZE, SYNTHETIC_SIZE) and masks.dtype == np.uint8
+    for index in (0, 5, n - 1):
+        row = synthetic_manifest.iloc[index]
+        np.testing.assert_array_equal(images[index], tifffile.imread(row["image_path"]))
+        np.testing.assert_array_equal(masks[index], tifffile.imread(row["mask_path"]) // 255)
+    assert masks.sum(axis=(1, 2)).tolist() == synthetic_manifest["tumour_pixels"].tolist()
+
+
+def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synthetic_manifest,
+                                                           tmp_path, monkeypatch):
+    rows = synthetic_manifest[synthetic_manifest["tumour_pixels"] > 0].head(6)
+    before = sorted(p.relative_to(synthetic_root) for p in synthetic_root.rglob("*"))
+    cache = tmp_path / "cache"
+    images, masks = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
+    assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
+    assert masks.shape == (6, 16, 16) and masks.dtype == np.uint8
+    assert set(np.unique(masks).tolist()) == {0, 1}
+    # Area interpolation halving 32 -> 16 averages 2x2 blocks: check one image against that.
+    original = tifffile.imread(rows.iloc[0]["image_path"]).astype(np.float64)
+    block_mean = original.reshape(16, 2, 16, 2, 3).mean(axis=(1, 3))
+    assert np.abs(images[0] - block_mean).max() <= 1.0
+
+    written = list(cache.iterdir())
+    assert len(written) == 1 and written[0].suffix == ".npz"
+    assert sorted(p.relative_to(synthetic_root) for p in synthetic_root.rglob("*")) == before
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} although a cache exists")
+
+    monkeypatch.setattr(data, "read_image", no_decoding)
+    images_again, masks_again = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
+    np.testing.assert_array_equal(images_again, images)
+    np.testing.assert_array_equal(masks_again, masks)
+
+
+def test_read_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match="empty.tif"):
+        data.read_image(empty)
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DatasetError, match="grey.tif"):
+        data.read_image(grey)
+    assert os.path.exists(grey)

@@ -1,0 +1,71 @@
+"""Tests of helpers.evaluation: post-processing, its choice on validation data, scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.evaluation import binarize, choose_postprocessing, evaluate
+
+
+def two_blobs() -> np.ndarray:
+    """A 16x16 probability map: a 3-pixel diagonal blob and a 20-pixel (4x5) blob, both at 0.9."""
+    probabilities = np.zeros((16, 16), dtype=np.float32)
+    probabilities[0, 0] = probabilities[1, 1] = probabilities[2, 2] = 0.9  # one component if 8-connected
+    probabilities[8:12, 6:11] = 0.9
+    return probabilities
+
+
+def test_binarize_thresholds_strictly():
+    probabilities = np.array([[0.2, 0.5], [0.51, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(binarize(probabilities, 0.5), [[0, 0], [1, 1]])
+    assert binarize(probabilities, 0.5).dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("minimum", "small_kept", "large_kept"),
+    [(0, True, True), (3, True, True), (4, False, True), (20, False, True), (21, False, False)],
+)
+def test_binarize_removes_small_components(minimum, small_kept, large_kept):
+    probabilities = two_blobs()
+    mask = binarize(probabilities, 0.5, min_component_pixels=minimum)
+    assert mask[:3, :3].sum() == (3 if small_kept else 0)
+    assert mask[8:12, 6:11].sum() == (20 if large_kept else 0)
+    assert mask.sum() == 3 * small_kept + 20 * large_kept
+    # The same on a stack of slices, each slice on its own.
+    stack = np.stack([probabilities, np.zeros_like(probabilities)])
+    np.testing.assert_array_equal(binarize(stack, 0.5, minimum), np.stack([mask, np.zeros_like(mask)]))
+
+
+def test_choose_postprocessing_finds_the_best_pair():
+    probabilities = np.zeros((2, 32, 32), dtype=np.float32)
+    truth = np.zeros((2, 32, 32), dtype=np.uint8)
+    for index in range(2):
+        truth[index, 4:9, 4:9] = 1
+        probabilities[index, 4:9, 4:9] = 0.65  # the tumour: 25 pixels, found above 0.6 only
+        probabilities[index, 20:23, 20:23] = 0.55  # a false region, dropped by thresholds >= 0.6
+        probabilities[index, 28, 2:4] = 0.95  # a 2-pixel speck, dropped by a minimum size of 5
+    # Expected: threshold 0.6 keeps the tumour and the speck (Dice 50/52); a minimum of 5
+    # removes the speck (Dice 1); 30 would remove the tumour; 0.7 loses the tumour.
+    best, table = choose_postprocessing(
+        probabilities, truth, np.array(["A", "B"]), min_components=(0, 5, 30)
+    )
+    assert best == {"threshold": 0.6, "min_component_pixels": 5}
+    assert len(table) == 5 * 3
+    row = table.set_index(["threshold", "min_component_pixels"])["val_dice_per_patient"]
+    assert row[(0.6, 5)] == pytest.approx(1.0)
+    assert row[(0.6, 0)] == pytest.approx(2 * 25 / (2 * 25 + 2))
+    assert row[(0.7, 5)] == pytest.approx(0.0)
+
+
+def test_evaluate_scores_and_rejects_empty_set():
+    truth = np.zeros((3, 8, 8), dtype=np.uint8)
+    truth[0, :2, :2] = 1
+    prediction = truth.copy()
+    rows = pd.DataFrame({"patient": ["A", "A", "B"], "slice": [1, 2, 1]})
+    summary, slice_table, patient_table = evaluate(truth, prediction, rows)
+    assert summary["dice_per_patient_mean"] == 1.0
+    assert len(slice_table) == 3 and len(patient_table) == 2
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(truth[:0], prediction[:0], rows.iloc[:0])

@@ -1,0 +1,247 @@
+"""Tests of helpers.inference: every kind of image file, errors, and segment()."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from helpers import inference
+from helpers.inference import ImageLoadError, load_image, segment
+from helpers.model import build_resunet
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    """An untrained 32x32 ResUNet saved as .keras: fast, and enough to check shapes."""
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_resunet((32, 32, 3), base_filters=4, depth=2).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_path):
+    return inference.load_default_model(tiny_model_path)
+
+
+def gradient(height: int = 20, width: int = 30) -> np.ndarray:
+    """uint8 (H, W) with distinct values, so a wrong rotation or channel is visible."""
+    return (np.arange(height * width).reshape(height, width) % 251).astype(np.uint8)
+
+
+def save_pillow(image: Image.Image, path, **options):
+    image.save(path, **options)
+    return path
+
+
+def test_grayscale_png_is_replicated_to_three_channels(tmp_path):
+    gray = gradient()
+    path = save_pillow(Image.fromarray(gray, mode="L"), tmp_path / "gray.png")
+    loaded = load_image(path)
+    assert loaded.shape == (20, 30, 3) and loaded.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(loaded[..., channel], gray)
+
+
+def test_rgb_png_is_unchanged(tmp_path):
+    rgb = np.stack([gradient(), 255 - gradient(), np.full((20, 30), 7, np.uint8)], axis=-1)
+    path = save_pillow(Image.fromarray(rgb, mode="RGB"), tmp_path / "rgb.png")
+    np.testing.assert_array_equal(load_image(path), rgb)
+
+
+def test_rgba_png_is_composited_on_black(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[..., 3] = [[0, 255, 128], [255, 255, 255]]
+    path = save_pillow(Image.fromarray(rgba, mode="RGBA"), tmp_path / "rgba.png")
+    loaded = load_image(path)
+    assert loaded.shape == (2, 3, 3)
+    np.testing.assert_array_equal(loaded[0, 0], (0, 0, 0))
+    np.testing.assert_array_equal(loaded[0, 1], (200, 100, 50))
+    # 200 * 128 / 255 = 100.4, 100 * 128 / 255 = 50.2, 50 * 128 / 255 = 25.1
+    np.testing.assert_array_equal(loaded[0, 2], (100, 50, 25))
+
+
+def test_palette_png_is_expanded_to_rgb(tmp_path):
+    image = Image.new("P", (4, 2))
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    image.putdata([0, 1, 2, 1, 2, 0, 1, 1])
+    path = save_pillow(image, tmp_path / "palette.png")
+    loaded = load_image(path)
+    assert loaded.shape == (2, 4, 3)
+    np.testing.assert_array_equal(loaded[0, 1], (255, 0, 0))
+    np.testing.assert_array_equal(loaded[0, 2], (0, 0, 255))
+    np.testing.assert_array_equal(loaded[0, 0], (0, 0, 0))
+
+
+def test_16_bit_png_is_divided_by_257(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    path = save_pillow(Image.fromarray(values), tmp_path / "deep.png")
+    assert Image.open(path).mode.startswith("I")
+    np.testing.assert_array_equal(load_image(path)[0, :, 0], [0, 100, 255])
+
+
+def test_jpeg_loads_with_its_size(tmp_path):
+    path = save_pillow(Image.new("RGB", (33, 17), (128, 128, 128)), tmp_path / "slice.jpg", quality=95)
+    loaded = load_image(path)
+    assert loaded.shape == (17, 33, 3)
+    assert abs(int(loaded.mean()) - 128) <= 2
+
+
+@pytest.mark.parametrize("array", [
+    np.stack([gradient()] * 3, axis=-1),
+    gradient(),
+    (gradient().astype(np.uint16) * 257),
+], ids=["rgb", "gray", "16-bit"])
+def test_tiff_kinds(tmp_path, array):
+    path = tmp_path / "slice.tif"
+    tifffile.imwrite(path, array)
+    loaded = load_image(path)
+    assert loaded.shape == (20, 30, 3)
+    np.testing.assert_array_equal(loaded[..., 1], gradient())
+
+
+def test_planar_tiff_moves_channels_last():
+    planes = np.stack([gradient(), 255 - gradient(), gradient() // 2])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, planes, planarconfig="separate", photometric="rgb")
+    loaded = load_image(buffer.getvalue(), name="planar.tif")
+    np.testing.assert_array_equal(loaded, np.moveaxis(planes, 0, -1))
+
+
+def test_exif_rotated_jpeg_has_the_rotated_size(tmp_path):
+    # Stored 40 wide and 20 high with a white block at the top left; EXIF
+    # orientation 6 means "rotate 90 degrees clockwise to view", so the
+    # viewed image is 20 wide and 40 high with the block at the top right.
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save_pillow(Image.fromarray(stored), tmp_path / "rotated.jpg", exif=exif, quality=95)
+    loaded = load_image(path)
+    assert loaded.shape == (40, 20, 3)
+    assert loaded[:8, -8:].mean() > 200
+    assert loaded[:8, :8].mean() < 50
+
+
+def test_bytes_are_read_like_a_file():
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(), mode="L").save(buffer, format="PNG")
+    assert load_image(buffer.getvalue(), name="upload.png").shape == (20, 30, 3)
+
+
+def png_bytes(width: int = 30, height: int = 20) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(height, width)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"", "empty"),
+    (png_bytes()[:60], "truncated"),
+    (b"patient,slice\nTCGA_CS_4941,1\n", "not an image"),
+], ids=["zero-bytes", "truncated", "not-an-image"])
+def test_bad_files_raise_an_error_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "broken_slice.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageLoadError, match=words) as caught:
+        load_image(path)
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_truncated_jpeg_raises(tmp_path):
+    path = save_pillow(Image.fromarray(np.stack([gradient(64, 64)] * 3, -1)), tmp_path / "cut.jpg")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_image(path)
+
+
+def test_missing_file_raises_image_load_error(tmp_path):
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "absent.png")
+
+
+def test_images_beyond_the_pixel_limit_are_refused(tmp_path):
+    # 7000 x 6000 = 42 million pixels > MAX_PIXELS = 40 million; a 1-bit
+    # image keeps the file small, and the limit is checked before decoding.
+    path = save_pillow(Image.new("1", (7000, 6000)), tmp_path / "huge.png")
+    with pytest.raises(ImageLoadError, match="huge.png.*42,000,000 pixels"):
+        load_image(path)
+
+
+def test_pixel_limit_applies_to_tiff(tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "MAX_PIXELS", 100)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, gradient())
+    with pytest.raises(ImageLoadError, match="big.tif.*600 pixels"):
+        load_image(path)
+
+
+def test_segment_returns_a_binary_mask_at_the_input_size(tiny_model):
+    image = np.stack([gradient(50, 70)] * 3, axis=-1)
+    result = segment(tiny_model, image, threshold=0.5)
+    assert result.mask.shape == (50, 70) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1}
+    assert result.probabilities.shape == (50, 70) and result.probabilities.dtype == np.float32
+    assert result.overlay.shape == (50, 70, 3) and result.overlay.dtype == np.uint8
+    assert result.tumour_pixels == int(result.mask.sum())
+    assert 0.0 <= result.max_probability <= 1.0
+
+
+def test_segment_thresholds_at_the_extremes(tiny_model):
+    # A sigmoid output is strictly between 0 and 1, so every pixel is above
+    # threshold 0 and none above threshold 1.
+    image = np.stack([gradient(40, 40)] * 3, axis=-1)
+    assert segment(tiny_model, image, threshold=0.0).tumour_pixels == 40 * 40
+    assert segment(tiny_model, image, threshold=1.0).tumour_pixels == 0
+
+
+def test_segment_rejects_a_grayscale_array(tiny_model):
+    with pytest.raises(ValueError, match="load_image"):
+        segment(tiny_model, gradient())
+
+
+def test_models_are_cached_by_path(tiny_model_path, tiny_model):
+    assert inference.load_default_model(tiny_model_path) is tiny_model
+
+
+def test_missing_model_names_the_path_and_the_remedy(tmp_path):
+    missing = tmp_path / "none.keras"
+    with pytest.raises(FileNotFoundError, match="--model") as caught:
+        inference.load_default_model(missing)
+    assert str(missing) in str(caught.value)
+    assert "04" in str(caught.value)
+
+
+def test_pick_test_slices_takes_test_patients_tumour_first(tmp_path):
+    rows = [("P1", "C1", n, tumour) for n, tumour in enumerate([0, 5, 0, 9])] + \
+           [("P2", "C2", n, tumour) for n, tumour in enumerate([3, 3, 0])]
+    manifest = pd.DataFrame(rows, columns=["patient", "case", "slice", "tumour_pixels"])
+    manifest["image_path"] = [f"/data/{case}/{case}_{n}.tif" for _, case, n, _ in rows]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame({"patient": ["P1", "P2"], "split": ["test", "train"]}).to_csv(tmp_path / "split.csv", index=False)
+    chosen = inference.pick_test_slices(tmp_path, count=3, seed=0)
+    assert len(chosen) == 3
+    assert all(p.parent.name == "C1" for p in chosen)
+    assert {p.name for p in chosen[:2]} == {"C1_1.tif", "C1_3.tif"}
+
+
+def test_pick_test_slices_names_the_missing_tables(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.csv.*IMAGE_PATHS"):
+        inference.pick_test_slices(tmp_path)
+
+
+def test_find_images_skips_masks_and_other_suffixes(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "a_mask.png", "sub/b.TIFF", "sub/b_MASK.tiff", "notes.txt", "c.JPEG"):
+        (tmp_path / name).write_bytes(b"x")
+    images, masks = inference.find_images([tmp_path, tmp_path / "a.png"])
+    assert sorted(p.name for p in images) == ["a.png", "b.TIFF", "c.JPEG"]
+    assert sorted(p.name for p in masks) == ["a_mask.png", "b_MASK.tiff"]
+    assert inference.ground_truth_for(tmp_path / "a.png") == tmp_path / "a_mask.png"
+    assert inference.ground_truth_for(tmp_path / "c.JPEG") is None

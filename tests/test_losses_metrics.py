@@ -1,0 +1,211 @@
+"""Tests of helpers.losses (Keras) and helpers.metrics (NumPy) against hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
+
+from helpers import metrics
+from helpers.losses import DiceBCELoss, DiceScore, soft_dice
+
+
+def as_batch(*rows_2x2) -> np.ndarray:
+    """Stack 2x2 masks into a float32 batch (B, 2, 2, 1)."""
+    return np.array(rows_2x2, dtype=np.float32)[..., None]
+
+
+ONE_PIXEL = [[1, 0], [0, 0]]
+EMPTY = [[0, 0], [0, 0]]
+FULL = [[1, 1], [1, 1]]
+
+# --- soft_dice --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("truth", "prediction", "smooth", "expected"),
+    [
+        # (2 * intersection + smooth) / (sum truth + sum prediction + smooth)
+        (ONE_PIXEL, ONE_PIXEL, 1.0, (2 * 1 + 1) / (1 + 1 + 1)),  # perfect: 1
+        (ONE_PIXEL, [[0.5, 0.5], [0, 0]], 1.0, (2 * 0.5 + 1) / (1 + 1 + 1)),  # 2/3
+        (ONE_PIXEL, [[0.5, 0.5], [0, 0]], 0.0, (2 * 0.5) / (1 + 1)),  # 1/2
+        (EMPTY, EMPTY, 1.0, 1.0),  # both empty: 1/1
+        (EMPTY, FULL, 1.0, 1 / 5),  # prediction on empty truth: 1 / (4 + 1)
+        (ONE_PIXEL, EMPTY, 1.0, 1 / 2),  # missed one pixel: 1 / (1 + 1)
+        (FULL, [[1, 1], [0, 0]], 1.0, (2 * 2 + 1) / (4 + 2 + 1)),  # 5/7
+    ],
+)
+def test_soft_dice_by_hand(truth, prediction, smooth, expected):
+    value = np.asarray(soft_dice(as_batch(truth), as_batch(prediction), smooth=smooth))
+    assert value.shape == (1,)
+    assert value[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_dice_is_per_image():
+    values = np.asarray(soft_dice(as_batch(ONE_PIXEL, EMPTY), as_batch(ONE_PIXEL, FULL)))
+    np.testing.assert_allclose(values, [1.0, 0.2], rtol=1e-6)
+
+
+# --- DiceBCELoss ----------------------------------------------------------------------------
+
+
+def test_dice_bce_loss_by_hand():
+    truth = as_batch(ONE_PIXEL)
+    prediction = as_batch([[0.8, 0.2], [0.1, 0.1]])
+    # Dice: intersection 0.8, sums 1 + 1.2 -> (1.6 + 1) / (2.2 + 1) = 0.8125.
+    dice_term = 1 - 2.6 / 3.2
+    # Cross-entropy: mean of -log(0.8), -log(1 - 0.2), -log(1 - 0.1), -log(1 - 0.1).
+    bce_term = -(2 * math.log(0.8) + 2 * math.log(0.9)) / 4
+    loss = float(DiceBCELoss()(truth, prediction))
+    assert loss == pytest.approx(dice_term + bce_term, rel=1e-5)
+    weighted = float(DiceBCELoss(dice_weight=2.0, bce_weight=0.5)(truth, prediction))
+    assert weighted == pytest.approx(2 * dice_term + 0.5 * bce_term, rel=1e-5)
+
+
+def test_dice_bce_loss_averages_over_batch():
+    truth = as_batch(ONE_PIXEL, EMPTY)
+    prediction = as_batch([[0.8, 0.2], [0.1, 0.1]], [[0.5, 0.5], [0.5, 0.5]])
+    first = (1 - 2.6 / 3.2) - (2 * math.log(0.8) + 2 * math.log(0.9)) / 4
+    # Second image: Dice (0 + 1) / (0 + 2 + 1) = 1/3; cross-entropy -log(0.5) everywhere.
+    second = (1 - 1 / 3) - math.log(0.5)
+    assert float(DiceBCELoss()(truth, prediction)) == pytest.approx((first + second) / 2, rel=1e-5)
+
+
+def test_dice_bce_loss_config_round_trip():
+    loss = DiceBCELoss(dice_weight=0.3, bce_weight=0.7, smooth=2.0)
+    again = DiceBCELoss.from_config(loss.get_config())
+    assert (again.dice_weight, again.bce_weight, again.smooth) == (0.3, 0.7, 2.0)
+
+
+# --- DiceScore ------------------------------------------------------------------------------
+
+
+def test_dice_score_thresholds_and_averages_images():
+    metric = DiceScore()
+    # Image 1: thresholded prediction [[1, 1], [0, 0]] against one pixel: (2 + 1) / (1 + 2 + 1).
+    # Image 2: both empty: 1.
+    metric.update_state(as_batch(ONE_PIXEL, EMPTY), as_batch([[0.8, 0.6], [0.1, 0.1]], EMPTY))
+    assert float(metric.result()) == pytest.approx((0.75 + 1.0) / 2, rel=1e-6)
+    # A third image, predicted everywhere on empty truth: 1 / (4 + 1); the mean runs over all three.
+    metric.update_state(as_batch(EMPTY), as_batch([[0.9, 0.9], [0.9, 0.9]]))
+    assert float(metric.result()) == pytest.approx((0.75 + 1.0 + 0.2) / 3, rel=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+def test_dice_score_threshold_is_strict():
+    metric = DiceScore(threshold=0.5)
+    metric.update_state(as_batch(ONE_PIXEL), as_batch([[0.5, 0], [0, 0]]))
+    assert float(metric.result()) == pytest.approx(1 / 2)  # 0.5 is not above 0.5: a miss
+
+
+# --- helpers.metrics against scikit-learn ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.uniform(size=(3, 16, 16)) < 0.3
+    prediction = rng.uniform(size=(3, 16, 16)) < 0.4
+    flat_truth, flat_prediction = truth.ravel(), prediction.ravel()
+    scores = metrics.scores_from_counts(*metrics.confusion_counts(truth, prediction))
+    assert scores["dice"] == pytest.approx(f1_score(flat_truth, flat_prediction))
+    assert scores["iou"] == pytest.approx(jaccard_score(flat_truth, flat_prediction))
+    assert scores["precision"] == pytest.approx(precision_score(flat_truth, flat_prediction))
+    assert scores["recall"] == pytest.approx(recall_score(flat_truth, flat_prediction))
+    assert scores["accuracy"] == pytest.approx(accuracy_score(flat_truth, flat_prediction))
+    assert scores["specificity"] == pytest.approx(recall_score(flat_truth, flat_prediction, pos_label=False))
+    assert metrics.dice_score(truth, prediction) == pytest.approx(f1_score(flat_truth, flat_prediction))
+
+
+def test_confusion_counts_by_hand_and_shape_check():
+    truth = np.array([[1, 1], [0, 0]])
+    prediction = np.array([[1, 0], [1, 0]])
+    assert metrics.confusion_counts(truth, prediction) == (1, 1, 1, 1)
+    with pytest.raises(ValueError):
+        metrics.confusion_counts(truth, np.zeros((2, 3)))
+
+
+def test_empty_mask_policy():
+    empty = np.zeros((4, 4), dtype=np.uint8)
+    two = empty.copy()
+    two[0, :2] = 1
+    shifted = empty.copy()
+    shifted[0, 1:3] = 1
+
+    both_empty = metrics.scores_from_counts(*metrics.confusion_counts(empty, empty))
+    assert both_empty["dice"] == 1.0 and both_empty["iou"] == 1.0
+    assert math.isnan(both_empty["precision"]) and math.isnan(both_empty["recall"])
+    assert both_empty["accuracy"] == 1.0 and both_empty["specificity"] == 1.0
+
+    truth_empty = metrics.scores_from_counts(*metrics.confusion_counts(empty, two))
+    assert truth_empty["dice"] == 0.0 and truth_empty["iou"] == 0.0
+    assert truth_empty["precision"] == 0.0 and math.isnan(truth_empty["recall"])
+    assert truth_empty["specificity"] == pytest.approx(14 / 16)
+
+    prediction_empty = metrics.scores_from_counts(*metrics.confusion_counts(two, empty))
+    assert prediction_empty["dice"] == 0.0 and prediction_empty["iou"] == 0.0
+    assert math.isnan(prediction_empty["precision"]) and prediction_empty["recall"] == 0.0
+
+    # Truth and prediction of 2 pixels each, overlapping on 1: Dice 2/4, IoU 1/3.
+    overlap = metrics.scores_from_counts(*metrics.confusion_counts(two, shifted))
+    assert overlap["dice"] == pytest.approx(0.5) and overlap["iou"] == pytest.approx(1 / 3)
+    assert overlap["precision"] == pytest.approx(0.5) and overlap["recall"] == pytest.approx(0.5)
+
+
+# --- Per-patient tables and the summary ---------------------------------------------------------
+
+
+def hand_example():
+    """Two patients: A with two slices, B with one; 2x2 masks."""
+    truth = np.array([[[1, 1], [0, 0]], [[0, 0], [0, 0]], [[1, 0], [0, 0]]])
+    prediction = np.array([[[1, 0], [0, 0]], [[0, 0], [0, 1]], [[1, 0], [0, 0]]])
+    return truth, prediction, ["A", "A", "B"], [3, 4, 7]
+
+
+def test_per_slice_table_by_hand():
+    table = metrics.per_slice_table(*hand_example())
+    assert table["patient"].tolist() == ["A", "A", "B"]
+    assert table["slice"].tolist() == [3, 4, 7]
+    assert table[["tp", "fp", "fn", "tn"]].values.tolist() == [[1, 0, 1, 2], [0, 1, 0, 3], [1, 0, 0, 3]]
+    assert table["tumour_pixels"].tolist() == [2, 0, 1]
+    assert table["predicted_pixels"].tolist() == [1, 1, 1]
+    np.testing.assert_allclose(table["dice"], [2 / 3, 0.0, 1.0])
+
+
+def test_per_patient_table_sums_slices():
+    patient_table = metrics.per_patient_table(metrics.per_slice_table(*hand_example()))
+    a, b = (patient_table.set_index("patient").loc[p] for p in ("A", "B"))
+    # A: slice 3 gives tp 1, fn 1, tn 2; slice 4 gives fp 1, tn 3.
+    assert (a["slices"], a["tp"], a["fp"], a["fn"], a["tn"]) == (2, 1, 1, 1, 5)
+    assert (a["tumour_pixels"], a["predicted_pixels"]) == (2, 2)
+    assert a["dice"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # 0.5, not the slice mean 1/3
+    assert a["iou"] == pytest.approx(1 / 3)
+    assert (b["slices"], b["tp"], b["fp"], b["fn"], b["tn"]) == (1, 1, 0, 0, 3)
+    assert b["dice"] == 1.0
+
+
+def test_summarize_by_hand():
+    slice_table = metrics.per_slice_table(*hand_example())
+    summary = metrics.summarize(slice_table, metrics.per_patient_table(slice_table))
+    expected = {
+        "patients": 2, "slices": 3, "slices_with_tumour": 2, "slices_empty": 1,
+        "dice_per_patient_mean": (0.5 + 1.0) / 2,
+        "dice_per_patient_min": 0.5,
+        "dice_per_slice_mean_all": (2 / 3 + 0 + 1) / 3,
+        "dice_per_slice_mean_tumour": (2 / 3 + 1) / 2,
+        "pooled_dice": 2 * 2 / (2 * 2 + 1 + 1),  # tp 2, fp 1, fn 1
+        "slice_false_positives": 1, "slice_false_negatives": 0,
+        "detection_sensitivity": 1.0, "detection_specificity": 0.0,
+    }
+    for key, value in expected.items():
+        assert summary[key] == pytest.approx(value), key
+    for key, value in summary.items():
+        assert isinstance(value, (int, float)), key
+        if any(word in key for word in ("dice", "iou", "precision", "recall", "accuracy",
+                                        "specificity", "sensitivity")):
+            assert 0.0 <= value <= 1.0, key
+    assert pd.Series(summary).index.is_unique

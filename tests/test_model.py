@@ -1,0 +1,91 @@
+"""Tests of helpers.model: the ResUNet's shapes, outputs, structure and saving."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import helpers  # noqa: F401  (registers the custom loss and metric for loading)
+from helpers.model import build_resunet, count_residual_additions
+from helpers.training import compile_model
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "depth"), [(16, 16, 2), (32, 64, 2), (48, 24, 3)]
+)
+def test_output_shape_and_sigmoid_range(height, width, depth):
+    model = build_resunet((height, width, 3), base_filters=4, depth=depth)
+    batch = np.random.default_rng(0).uniform(0, 1, (2, height, width, 3)).astype(np.float32)
+    output = np.asarray(model(batch, training=False))
+    assert output.shape == (2, height, width, 1)
+    assert output.dtype == np.float32
+    assert output.min() >= 0.0 and output.max() <= 1.0
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_residual_additions(depth):
+    # Units: one per encoder level above the bridge (depth of them: enc0..enc{depth-1}),
+    # the bridge, and one per decoder level (depth of them): 2 * depth + 1, each with one Add.
+    model = build_resunet((32, 32, 3), base_filters=4, depth=depth)
+    assert count_residual_additions(model) == 2 * depth + 1
+    assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 2 * depth + 1
+    plain = build_resunet((32, 32, 3), base_filters=4, depth=depth, residual=False)
+    assert count_residual_additions(plain) == 0
+
+
+def test_downsampling_doubles_filters():
+    model = build_resunet((32, 32, 3), base_filters=4, depth=2)
+    assert model.get_layer("enc0_conv2").output.shape[1:] == (32, 32, 4)
+    assert model.get_layer("enc1_conv2").output.shape[1:] == (16, 16, 8)
+    assert model.get_layer("bridge_conv2").output.shape[1:] == (8, 8, 16)
+    assert model.get_layer("dec0_conv2").output.shape[1:] == (32, 32, 4)
+
+
+@pytest.mark.parametrize(("shape", "depth"), [((30, 32, 3), 2), ((32, 36, 3), 3), ((40, 40, 3), 4)])
+def test_size_not_divisible_raises(shape, depth):
+    with pytest.raises(ValueError, match=str(2**depth)):
+        build_resunet(shape, base_filters=4, depth=depth)
+
+
+def test_softmax_for_several_classes():
+    model = build_resunet((16, 16, 3), base_filters=4, depth=2, num_classes=3)
+    batch = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    output = np.asarray(model(batch, training=False))
+    assert output.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(output.sum(axis=-1), 1.0, atol=1e-5)
+    assert output.min() >= 0.0
+
+
+def test_dropout_layers_only_when_asked():
+    assert not any(isinstance(layer, keras.layers.Dropout)
+                   for layer in build_resunet((16, 16, 3), base_filters=4, depth=2).layers)
+    with_dropout = build_resunet((16, 16, 3), base_filters=4, depth=2, dropout=0.2)
+    # One before the bridge and one per decoder level.
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in with_dropout.layers) == 3
+
+
+# The optimizer was never stepped, so Keras notes that it has no state to load.
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+def test_save_and_load_gives_identical_predictions(tmp_path):
+    model = compile_model(build_resunet((16, 16, 3), base_filters=4, depth=2))
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    # Move every weight off its initial value (batch-norm statistics too; variances stay
+    # near 1, so positive), so loading must restore them all to match.
+    model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True by default
+    np.testing.assert_array_equal(
+        np.asarray(loaded(images, training=False)), np.asarray(model(images, training=False))
+    )
+    assert type(loaded.loss).__name__ == "DiceBCELoss"
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode()
+    assert '"Lambda"' not in config
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+    assert json.loads(config)["class_name"] == "Functional"

@@ -1,0 +1,106 @@
+"""Tests of the command line helpers.predict on a folder of good, bad and mask files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import predict
+from helpers.model import build_resunet
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_resunet((32, 32, 3), base_filters=4, depth=2).save(path)
+    return path
+
+
+@pytest.fixture
+def slices(tmp_path):
+    """A folder with two good slices (one with its ground truth, in a subfolder too), and two bad files."""
+    folder = tmp_path / "slices"
+    (folder / "patient_b").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(folder / "case_1.png")
+    Image.fromarray(np.zeros((24, 40), np.uint8)).save(folder / "case_1_mask.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(folder / "patient_b" / "case_2.TIF")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "readme.txt").write_text("not an input: wrong suffix")
+    return folder
+
+
+def run(capsys, *argv):
+    status = predict.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_folder_with_good_bad_and_mask_files(tmp_path, slices, tiny_model_path, capsys):
+    out = tmp_path / "out"
+    status, _, err = run(capsys, slices, "--model", tiny_model_path, "--out", out, "--threshold", "0.5")
+    assert status == 1
+    assert "empty.png" in err and "empty (0 bytes)" in err
+    assert "notes.jpg" in err and "not an image" in err
+    mask = np.asarray(Image.open(out / "case_1_mask.png"))
+    assert mask.shape == (24, 40) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(out / "case_2_mask.png")).shape == (30, 30)
+    assert np.asarray(Image.open(out / "case_2_overlay.png")).shape == (30, 30, 3)
+    assert not (out / "case_1_mask_mask.png").exists()
+    assert not (out / "empty_mask.png").exists()
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table.columns) == ["file", "tumour_pixels", "tumour_present", "max_probability", "dice"]
+    assert sorted(table["file"].map(lambda f: f.rsplit("/", 1)[-1])) == ["case_1.png", "case_2.TIF"]
+    row = table.set_index(table["file"].str.rsplit("/", n=1).str[-1]).loc["case_1.png"]
+    predicted = int((mask > 0).sum())
+    assert row["tumour_pixels"] == predicted
+    # The ground truth is empty: Dice is 1 when nothing is predicted, else 0.
+    assert row["dice"] == (1.0 if predicted == 0 else 0.0)
+    assert np.isnan(table.set_index(table["file"].str.rsplit("/", n=1).str[-1]).loc["case_2.TIF", "dice"])
+
+
+def test_existing_outputs_are_kept_without_overwrite(tmp_path, slices, tiny_model_path, capsys):
+    out = tmp_path / "out"
+    good = [slices / "case_1.png", slices / "patient_b" / "case_2.TIF"]
+    assert run(capsys, *good, "--model", tiny_model_path, "--out", out)[0] == 0
+    marker = np.full((24, 40), 255, np.uint8)
+    Image.fromarray(marker).save(out / "case_1_mask.png")
+    status, _, err = run(capsys, *good, "--model", tiny_model_path, "--out", out)
+    assert status == 0
+    assert "kept" in err and "--overwrite" in err
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "case_1_mask.png")), marker)
+    assert len(pd.read_csv(out / "predictions.csv")) == 2
+    status, _, _ = run(capsys, *good, "--model", tiny_model_path, "--out", out, "--threshold", "1", "--overwrite")
+    assert status == 0
+    assert not np.asarray(Image.open(out / "case_1_mask.png")).any()
+
+
+def test_without_ground_truth_there_is_no_dice_column(tmp_path, slices, tiny_model_path, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, slices / "patient_b", "--model", tiny_model_path, "--out", out)[0] == 0
+    assert "dice" not in pd.read_csv(out / "predictions.csv").columns
+
+
+@pytest.mark.parametrize("argv", [
+    ["--out", "x"],
+    ["missing_folder", "--out", "x"],
+    ["IMAGE", "--out", "x", "--threshold", "1.5"],
+    ["IMAGE", "--out", "x", "--model", "absent.keras"],
+], ids=["no-input", "missing-input", "bad-threshold", "missing-model"])
+def test_usage_errors_exit_with_2(tmp_path, slices, capsys, argv):
+    argv = [str(slices / "case_1.png") if a == "IMAGE" else str(tmp_path / a) if a in ("x", "missing_folder", "absent.keras") else a
+            for a in argv]
+    status, _, err = run(capsys, *argv)
+    assert status == 2
+    assert err
+
+
+def test_help_says_not_for_diagnosis_and_shows_defaults(capsys):
+    status, out, _ = run(capsys, "--help")
+    text = " ".join(out.split())
+    assert status == 0
+    assert "research and teaching only, not for diagnosis" in text
+    assert "(default: 0.5)" in text

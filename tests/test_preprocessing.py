@@ -1,0 +1,229 @@
+"""Tests of helpers.preprocessing: patient splits, normalisation, augmentation, tf.data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from helpers.preprocessing import (
+    augment_batch,
+    kfold_patients,
+    make_dataset,
+    normalize,
+    split_patients,
+)
+
+# Patients per institution, shaped like the real dataset's mix, with one
+# institution too small to share out.
+INSTITUTION_SIZES = {"CS": 10, "DU": 17, "EZ": 1, "FG": 5, "HT": 11, "A8": 3}
+
+
+def fake_manifest(sizes: dict[str, int] = INSTITUTION_SIZES, seed: int = 0) -> pd.DataFrame:
+    """A manifest without files: a few slices per patient with random tumour sizes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for institution, count in sizes.items():
+        for index in range(count):
+            patient = f"TCGA_{institution}_{index:04d}"
+            for number in range(1, int(rng.integers(2, 6)) + 1):
+                rows.append({"patient": patient, "institution": institution, "slice": number,
+                             "tumour_pixels": int(rng.integers(0, 3)) * int(rng.integers(0, 500))})
+    return pd.DataFrame(rows)
+
+
+# --- Splits --------------------------------------------------------------------------------
+
+
+def test_split_one_side_per_patient_and_fractions():
+    manifest = fake_manifest()
+    split = split_patients(manifest, val_fraction=0.15, test_fraction=0.15, seed=1)
+    patients = sorted(manifest["patient"].unique())
+    assert sorted(split["patient"]) == patients
+    assert set(split["split"]) <= {"train", "val", "test"}
+    # No slice of a patient can land on two sides: one side per patient over all its slices.
+    sides = manifest.merge(split[["patient", "split"]], on="patient").groupby("patient")["split"].nunique()
+    assert (sides == 1).all()
+    n = len(patients)
+    counts = split["split"].value_counts()
+    assert abs(counts["test"] - 0.15 * n) <= 1
+    assert abs(counts["val"] - 0.15 * n) <= 1
+    assert counts["train"] == n - counts["test"] - counts["val"]
+    institutions = manifest.groupby("patient")["institution"].first()
+    assert split.set_index("patient")["institution"].equals(institutions.loc[split["patient"]])
+
+
+def test_split_is_deterministic_and_depends_on_seed():
+    manifest = fake_manifest()
+    first = split_patients(manifest, seed=3)
+    pd.testing.assert_frame_equal(first, split_patients(manifest, seed=3))
+    others = [split_patients(manifest, seed=seed) for seed in range(4, 14)]
+    differing = sum(not other["split"].equals(first["split"]) for other in others)
+    assert differing >= 8
+
+
+# Layouts where a 3-patient institution straddles two dealing blocks, as well as the default.
+SMALL_INSTITUTION_LAYOUTS = [
+    INSTITUTION_SIZES,
+    {"AA": 6, "BB": 3, "CC": 12},
+    {"AA": 5, "BB": 3, "CC": 4, "DD": 3, "EE": 9},
+]
+
+
+@pytest.mark.parametrize("fractions", [(0.15, 0.15), (0.1, 0.2), (0.25, 0.25)])
+def test_split_keeps_a_training_patient_in_every_institution(fractions):
+    val_fraction, test_fraction = fractions
+    for sizes in SMALL_INSTITUTION_LAYOUTS:
+        for seed in range(30):
+            manifest = fake_manifest(sizes, seed=seed % 3)
+            split = split_patients(manifest, val_fraction, test_fraction, seed=seed)
+            for institution, sides in split.groupby("institution")["split"]:
+                if len(sides) >= 3:
+                    assert (sides == "train").any(), (
+                        f"institution {institution} has no training patient "
+                        f"(fractions {fractions}, seed {seed}): {sides.tolist()}"
+                    )
+            counts = split["split"].value_counts()
+            assert counts.get("test", 0) == round(len(split) * test_fraction)
+            assert counts.get("val", 0) == round(len(split) * val_fraction)
+
+
+def test_split_rejects_fractions_leaving_no_training():
+    with pytest.raises(ValueError):
+        split_patients(fake_manifest(), val_fraction=0.5, test_fraction=0.5)
+
+
+def test_kfold_every_patient_in_one_nonempty_fold():
+    manifest = fake_manifest()
+    folds = kfold_patients(manifest, folds=5, seed=0)
+    assert sorted(folds["patient"]) == sorted(manifest["patient"].unique())
+    assert folds["patient"].is_unique
+    assert set(folds["fold"]) == set(range(5))
+    sizes = folds["fold"].value_counts()
+    assert sizes.max() - sizes.min() <= len(INSTITUTION_SIZES)  # one leftover per institution at most
+    pd.testing.assert_frame_equal(folds, kfold_patients(manifest, folds=5, seed=0))
+
+
+# --- Normalisation ---------------------------------------------------------------------------
+
+
+def test_normalize_black_and_white():
+    black = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    out = normalize(black).numpy()
+    assert out.dtype == np.float32
+    assert np.all(np.isfinite(out)) and not out.any()
+    white = np.full((8, 8, 3), 255, dtype=np.uint8)
+    np.testing.assert_array_equal(normalize(white).numpy(), np.ones((8, 8, 3), np.float32))
+    np.testing.assert_allclose(normalize(np.array([51], np.uint8)).numpy(), [0.2])
+
+
+# --- Augmentation ------------------------------------------------------------------------------
+
+SIZE = 64
+X_BAND = (16, 40)  # mask is 1 for pixel columns 16..39
+Y_BAND = (20, 44)  # and rows 20..43
+
+
+def position_batch(batch: int = 6) -> tuple[tf.Tensor, tf.Tensor]:
+    """Images whose pixels encode their own position, and a mask that is a function of it.
+
+    Channel 0 holds x / SIZE, channel 1 holds y / SIZE, channel 2 is 1 (so
+    the constant fill outside the moved image shows as 0 there).
+    """
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    image = np.stack([x / SIZE, y / SIZE, np.ones_like(x)], axis=-1)
+    mask = ((x >= X_BAND[0]) & (x < X_BAND[1]) & (y >= Y_BAND[0]) & (y < Y_BAND[1])).astype(np.float32)
+    images = np.repeat(image[None], batch, axis=0)
+    masks = np.repeat(mask[None, ..., None], batch, axis=0)
+    return tf.constant(images), tf.constant(masks)
+
+
+def test_augmentation_moves_mask_with_image():
+    images, masks = position_batch()
+    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([7, 11]))
+    moved_images, moved_masks = moved_images.numpy(), moved_masks.numpy()[..., 0]
+    assert moved_images.shape == images.shape and moved_masks.shape == masks.shape[:3]
+    assert set(np.unique(moved_masks).tolist()) <= {0.0, 1.0}
+
+    # Where the source pixel came from, read back from the moved image.
+    source_x = moved_images[..., 0] * SIZE
+    source_y = moved_images[..., 1] * SIZE
+    valid = moved_images[..., 2] > 0.999  # fully inside the source image
+    # Bilinear sampling of the 0/1 mask, thresholded at 0.5, is 1 within half a pixel of the band.
+    expected = ((source_x > X_BAND[0] - 0.5) & (source_x < X_BAND[1] - 0.5)
+                & (source_y > Y_BAND[0] - 0.5) & (source_y < Y_BAND[1] - 0.5))
+    near_edge = np.zeros_like(valid)
+    for coordinate, band in ((source_x, X_BAND), (source_y, Y_BAND)):
+        for edge in (band[0] - 0.5, band[1] - 0.5):
+            near_edge |= np.abs(coordinate - edge) < 1.0
+    checked = valid & ~near_edge
+    assert checked.sum() > 0.5 * checked.size
+    assert (expected & checked).sum() > 0.1 * expected.size / 2  # the band is in view
+    np.testing.assert_array_equal(moved_masks[checked], expected[checked].astype(np.float32))
+    # The boundary strip left out is thin: a few percent of the valid pixels.
+    assert (valid & near_edge).sum() < 0.15 * valid.sum()
+
+    # The transform is not the identity: sources differ from the pixel grid somewhere.
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    displacement = np.abs(source_x - x) + np.abs(source_y - y)
+    assert (displacement[valid] > 1.0).mean() > 0.2
+    # Each image of the batch got its own transform.
+    assert not np.allclose(moved_images[0], moved_images[1])
+
+
+def test_augmentation_is_reproducible_with_a_stateless_seed():
+    images, masks = position_batch(batch=3)
+    first = augment_batch(images, masks, seed=tf.constant([1, 2]))
+    second = augment_batch(images, masks, seed=tf.constant([1, 2]))
+    other = augment_batch(images, masks, seed=tf.constant([2, 1]))
+    np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
+    np.testing.assert_array_equal(first[1].numpy(), second[1].numpy())
+    assert not np.array_equal(first[0].numpy(), other[0].numpy())
+
+
+# --- tf.data pipeline ------------------------------------------------------------------------
+
+
+def test_evaluation_dataset_is_ordered_and_unaugmented(synthetic_arrays):
+    images, masks = synthetic_arrays
+    images, masks = images[:10], masks[:10]
+    dataset = make_dataset(images, masks, batch_size=4, training=False)
+    batches = list(dataset.as_numpy_iterator())
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    got_images = np.concatenate([b[0] for b in batches])
+    got_masks = np.concatenate([b[1] for b in batches])
+    assert got_images.dtype == np.float32 and got_masks.dtype == np.float32
+    np.testing.assert_allclose(got_images, images.astype(np.float32) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(got_masks, masks[..., None].astype(np.float32))
+
+
+def test_training_dataset_shapes_ranges_and_oversampling(synthetic_arrays):
+    images, masks = synthetic_arrays
+    images, masks = images[:12], masks[:12]
+    n_tumour = int((masks.reshape(12, -1).max(axis=1) > 0).sum())
+    assert 0 < n_tumour < 12
+    for oversample, expected_count in ((0.0, 12), (1.0, 12 + n_tumour)):
+        dataset = make_dataset(images, masks, batch_size=5, training=True, seed=0,
+                               oversample_tumour=oversample)
+        count = 0
+        for batch_images, batch_masks in dataset:
+            assert batch_images.dtype == tf.float32 and batch_masks.dtype == tf.float32
+            assert batch_images.shape[1:] == (32, 32, 3) and batch_masks.shape[1:] == (32, 32, 1)
+            assert batch_images.shape[0] == batch_masks.shape[0] <= 5
+            assert 0.0 <= float(tf.reduce_min(batch_images)) and float(tf.reduce_max(batch_images)) <= 1.0
+            assert set(np.unique(batch_masks.numpy()).tolist()) <= {0.0, 1.0}
+            count += batch_images.shape[0]
+        assert count == expected_count
+
+
+def test_training_dataset_without_augmentation_holds_the_same_slices(synthetic_arrays):
+    images, masks = synthetic_arrays
+    images, masks = images[:8], masks[:8]
+    dataset = make_dataset(images, masks, batch_size=3, training=True, augment=False, seed=0)
+    got = np.concatenate([b[0] for b in dataset.as_numpy_iterator()])
+    expected = images.astype(np.float32) / 255.0
+    # Shuffled, but the same slices, each once.
+    order = sorted(range(8), key=lambda i: got[i].tobytes())
+    reference = sorted(range(8), key=lambda i: expected[i].tobytes())
+    np.testing.assert_array_equal(got[order], expected[reference])

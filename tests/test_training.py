@@ -1,0 +1,230 @@
+"""Tests of helpers.training on a tiny ResUNet (32x32 inputs, 4 base filters, depth 2).
+
+Each test builds its own model, so no test depends on another's weights. Most
+run eagerly: for a few steps of a tiny model, tracing the graph costs four
+times the training itself. The first test and the MirroredStrategy test run
+in graph mode, as real training does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from helpers.model import build_resunet
+from helpers.preprocessing import make_dataset
+from helpers.training import compile_model, steps_per_epoch, train
+
+SIZE = 32
+
+# Keras warns that fit's default shuffle=True does not apply to a tf.data pipeline,
+# which shuffles itself.
+pytestmark = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed")
+
+
+def tiny_model(learning_rate: float = 1e-3, eager: bool = True) -> keras.Model:
+    model = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2),
+                          learning_rate=learning_rate)
+    model.run_eagerly = eager
+    return model
+
+
+@pytest.fixture(scope="module")
+def slices(synthetic_arrays, synthetic_manifest):
+    """8 training slices (from two patients, tumour on most) and 4 validation slices of another."""
+    images, masks = synthetic_arrays
+    patients = synthetic_manifest["patient"].to_numpy()
+    names = sorted(set(patients))
+    train_rows = np.flatnonzero(np.isin(patients, names[:2]))[2:10]
+    val_rows = np.flatnonzero(patients == names[2])[3:7]
+    return {
+        "train": (images[train_rows], masks[train_rows]),
+        "val": (images[val_rows], masks[val_rows], patients[val_rows]),
+    }
+
+
+class Interrupted(Exception):
+    """Stands for a kill of the training process."""
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records the epochs that ``fit`` actually runs; raises after ``stop_after`` if given."""
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__()
+        self.stop_after = stop_after
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.stop_after:
+            raise Interrupted(f"interrupted after epoch {epoch}")
+
+
+def add_callback(monkeypatch, model: keras.Model, callback: keras.callbacks.Callback) -> None:
+    """Make ``model.fit`` run ``callback`` after the callbacks that ``train`` passes."""
+    fit = model.fit
+
+    def fit_with_callback(*args, callbacks=(), **kwargs):
+        return fit(*args, callbacks=[*callbacks, callback], **kwargs)
+
+    monkeypatch.setattr(model, "fit", fit_with_callback)
+
+
+def test_loss_falls_on_a_repeated_batch(slices):
+    keras.utils.set_random_seed(0)
+    images, masks = slices["train"]
+    dataset = make_dataset(images, masks, batch_size=len(images), training=False)
+    history = tiny_model(learning_rate=3e-3, eager=False).fit(dataset, epochs=5, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, monkeypatch):
+    keras.utils.set_random_seed(1)
+    images, masks = slices["train"]
+    val_images, val_masks, val_patients = slices["val"]
+    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=1)
+    val_data = make_dataset(val_images, val_masks, batch_size=4)
+    arguments = dict(epochs=4, val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+    output = tmp_path / "run"
+
+    first = tiny_model()
+    first_epochs = EpochRecorder(stop_after=1)
+    add_callback(monkeypatch, first, first_epochs)
+    with pytest.raises(Interrupted):
+        train(first, train_data, val_data, output, **arguments)
+    assert first_epochs.epochs == [0, 1]
+    assert (output / "best.keras").is_file()
+    assert (output / "backup").is_dir()
+    assert pd.read_csv(output / "history.csv")["epoch"].tolist() == [0, 1]
+
+    # A new process would build a new model: the backup supplies its weights and epoch.
+    second = tiny_model()
+    second_epochs = EpochRecorder()
+    add_callback(monkeypatch, second, second_epochs)
+    history = train(second, train_data, val_data, output, **arguments)
+    assert second_epochs.epochs == [2, 3]
+    on_disk = pd.read_csv(output / "history.csv")
+    assert on_disk["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    for column in ("loss", "dice", "val_loss", "val_dice", "val_patient_dice"):
+        assert np.isfinite(on_disk[column]).all(), column
+    assert on_disk["val_patient_dice"].between(0, 1).all()
+    assert json.loads((output / "training_time.json").read_text())["seconds"] > 0
+
+    best = keras.models.load_model(output / "best.keras")
+    assert best.predict(val_images[:2].astype(np.float32) / 255.0, verbose=0).shape == (2, SIZE, SIZE, 1)
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_backup(slices, tmp_path):
+    keras.utils.set_random_seed(2)
+    images, masks = slices["train"]
+    good = make_dataset(images, masks, batch_size=4)
+    nan_images = np.full(images.shape, np.nan, dtype=np.float32)
+    poisoned = tf.data.Dataset.from_tensor_slices(
+        (nan_images, masks[..., None].astype(np.float32))
+    ).batch(4)
+    output = tmp_path / "run"
+    model = tiny_model()
+
+    train(model, good, good, output, epochs=1, verbose=0)
+    assert (output / "backup").is_dir()
+    good_weights = [w.copy() for w in model.get_weights()]
+
+    history = train(model, poisoned, good, output, epochs=5, verbose=0)
+    # The run resumed at epoch 1, whose first batch gave a NaN loss: TerminateOnNaN
+    # ended it there instead of running epochs 2 to 4.
+    assert history["epoch"].tolist() == [0, 1]
+    assert np.isfinite(history["loss"].iloc[0]) and not np.isfinite(history["loss"].iloc[1])
+    assert (output / "backup").is_dir()
+    # Nor was the NaN model saved as the best one.
+    best = keras.models.load_model(output / "best.keras")
+    assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+
+    # The backup still holds the last good epoch: restoring it gives finite, unchanged weights.
+    restored = tiny_model()
+    train(restored, good, good, output, epochs=1, verbose=0)  # epoch 1 already done: restore only
+    for before, after in zip(good_weights, restored.get_weights(), strict=True):
+        assert np.all(np.isfinite(after))
+        np.testing.assert_array_equal(after, before)
+
+
+def first_epoch_loss(images: np.ndarray, masks: np.ndarray, seed: int) -> float:
+    keras.utils.set_random_seed(seed)
+    model = tiny_model()
+    dataset = make_dataset(images, masks, batch_size=4, training=True, seed=seed)
+    return model.fit(dataset, epochs=1, verbose=0).history["loss"][0]
+
+
+def test_same_seed_gives_same_first_epoch_loss(slices):
+    images, masks = slices["train"]
+    first = first_epoch_loss(images, masks, seed=5)
+    second = first_epoch_loss(images, masks, seed=5)
+    assert np.isfinite(first)
+    assert first == second
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(10, 4) == 3
+    assert steps_per_epoch(8, 4) == 2
+    assert steps_per_epoch(1, 16) == 1
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    import tensorflow as tf
+
+    # Logical devices must be set before TensorFlow initialises its runtime.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+    from helpers.data import build_manifest, load_arrays
+    from helpers.model import build_resunet
+    from helpers.preprocessing import make_dataset
+    from helpers.synthetic import make_synthetic_dataset
+    from helpers.training import compile_model
+
+    root = make_synthetic_dataset(sys.argv[1], n_patients=1, slices_per_patient=8, size=32)
+    images, masks = load_arrays(build_manifest(root / "kaggle_3m", show_progress=False),
+                                size=32, show_progress=False)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = compile_model(build_resunet((32, 32, 3), base_filters=4, depth=2))
+    history = model.fit(make_dataset(images, masks, batch_size=4, training=True),
+                        epochs=1, verbose=0)
+    print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync,
+                                  "loss": float(history.history["loss"][-1])}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, completed.stdout[-2000:] + completed.stderr[-2000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["replicas"] == 2
+    assert np.isfinite(result["loss"])
