@@ -1,0 +1,65 @@
+# The verbs a user types. Parameters pass through to the notebooks, e.g.
+#   make run DATA_DIR=../shared/lgg
+#   make run EXTRA="-p EPOCHS 5"
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?=
+ARTIFACTS_DIR ?= artifacts
+SEED ?= 42
+EXTRA ?=
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
+DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
+
+.PHONY: install run demo test lint bench quality app clean-venv
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the project
+
+run: install  ## run notebooks 01-05 with papermill into runs/<time>/
+	@mkdir -p $(RUN_DIR)
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(BIN)/papermill --log-output notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb \
+	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) $(DATA_PARAMETER) $(EXTRA) \
+	    | grep -v -E '^(I0000|W0000|E0000)' || true; \
+	  test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
+	    || { echo "$$nb failed: see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \
+	done
+	@echo "Executed notebooks: $(RUN_DIR)/"
+	@echo "Metrics:            $(abspath $(ARTIFACTS_DIR))/metrics.json"
+	@cat $(ARTIFACTS_DIR)/metrics.json | head -12
+
+demo: install  ## the whole series on synthetic data, in a few minutes
+	$(MAKE) run ARTIFACTS_DIR=artifacts/demo RUN_DIR=runs/demo \
+	  EXTRA="-p SYNTHETIC True -p INPUT_SIZE 64 -p BASE_FILTERS 16 -p EPOCHS 8 -p TIME_BUDGET_MINUTES 0 $(EXTRA)"
+
+test: install  ## unit tests and every notebook run by papermill
+	$(BIN)/python -m pytest -ra
+
+lint: install  ## ruff over the package, tests and notebooks; no notebook with outputs
+	$(BIN)/ruff check helpers tests benchmarks notebooks
+	$(BIN)/python -m pytest -q tests/test_notebooks.py -k without_outputs
+
+bench: install  ## input pipeline, manifest and inference speed, JSON under artifacts/bench
+	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
+
+quality: install  ## train the CPU profile on real data and score held-out patients
+	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality
+
+app: install  ## the Gradio app on http://127.0.0.1:7860
+	$(BIN)/python -m helpers.app
+
+clean-venv:
+	rm -rf $(VENV)
