@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 import helpers
 from helpers import data, evaluation, plots, preprocessing, training
