@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import keras
+import pandas as pd
 
 import helpers
 from helpers import data, evaluation, plots, preprocessing, training
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="skip training: evaluate the run already in --out/run (its time is read from there)")
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -55,47 +58,53 @@ def main() -> None:
     small = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache)
     full = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=cache)
 
-    model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain)
-    training.compile_model(model)
-    train_images, train_masks, _ = small["train"]
-    val_images, val_masks, val_rows = small["val"]
-    train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
-                                          seed=args.seed, oversample_tumour=args.oversample)
-    val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
-    train_started = time.monotonic()
-    history = training.train(
-        model, train_ds, val_ds, out / "run", epochs=args.epochs,
-        time_budget_minutes=args.minutes, patience=12,
-        val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
-    )
-    train_seconds = time.monotonic() - train_started
+    run_dir = out / "run"
+    if args.evaluate_only:
+        history = pd.read_csv(run_dir / "history.csv")
+        train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
+    else:
+        model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain)
+        training.compile_model(model)
+        train_images, train_masks, _ = small["train"]
+        val_images, val_masks, val_rows = small["val"]
+        train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
+                                              seed=args.seed, oversample_tumour=args.oversample)
+        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
+        train_started = time.monotonic()
+        history = training.train(
+            model, train_ds, val_ds, run_dir, epochs=args.epochs,
+            time_budget_minutes=args.minutes, patience=12,
+            val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
+        )
+        train_seconds = time.monotonic() - train_started
     plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
 
-    best = evaluation.load_model(out / "run" / "best.keras")
+    best = evaluation.load_model(run_dir / "best.keras")
     val_full_images, val_full_masks, val_full_rows = full["val"]
     test_images, test_masks, test_rows = full["test"]
     choices = {}
     for tta in (False, True):
         probabilities = evaluation.predict_probabilities(best, val_full_images, flip_tta=tta)
-        choice, table = evaluation.choose_postprocessing(probabilities, val_full_masks, val_full_rows["patient"].to_numpy())
+        choice, table = evaluation.choose_postprocessing(
+            probabilities, val_full_masks, val_full_rows["patient"].to_numpy(),
+            min_components=(0, 30, 100), min_volumes=(0, 100, 300, 1000, 3000))
         choices[tta] = (table["val_dice_per_patient"].max(), choice, table)
     use_tta = choices[True][0] > choices[False][0]
     val_best, post, table = choices[use_tta]
     table.to_csv(out / "postprocessing_validation.csv", index=False)
 
     results = {}
-    for name, tta, threshold, minimum in (("plain_0.5", False, 0.5, 0), ("chosen_on_val", use_tta, post["threshold"], post["min_component_pixels"])):
+    plain = {"threshold": 0.5, "min_component_pixels": 0, "min_volume_pixels": 0}
+    for name, tta, chosen in (("plain_0.5", False, plain), ("chosen_on_val", use_tta, post)):
         probabilities = evaluation.predict_probabilities(best, test_images, flip_tta=tta)
-        prediction = evaluation.binarize(probabilities, threshold, minimum)
+        prediction = evaluation.postprocess(probabilities, test_rows["patient"].to_numpy(), **chosen)
         summary, slice_table, patient_table = evaluation.evaluate(test_masks, prediction, test_rows)
         results[name] = summary
         if name == "chosen_on_val":
             slice_table.to_csv(out / "per_slice.csv", index=False)
             patient_table.to_csv(out / "per_patient.csv", index=False)
 
-    clean = keras.models.clone_model(best)
-    clean.set_weights(best.get_weights())
-    clean.save(out / "model.keras")
+    training.export_model(run_dir / "best.keras", out / "model.keras")
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not False),

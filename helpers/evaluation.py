@@ -112,37 +112,85 @@ def patient_dice_mean(truth: np.ndarray, prediction: np.ndarray, patients: np.nd
     ]))
 
 
+def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pixels: int) -> np.ndarray:
+    """Drop predicted regions whose 3D extent over a patient's stack is small.
+
+    A glioma spans neighbouring slices; an isolated false positive usually
+    does not. Each patient's slices (in manifest order, which is slice order)
+    are stacked into a volume, and 26-connected components with fewer than
+    ``min_volume_pixels`` pixels are removed.
+
+    Args:
+        masks: 0/1 (N, H, W) predicted masks.
+        patients: the patient of each slice, length N; a patient's slices
+            must be consecutive and in slice order.
+        min_volume_pixels: smallest component kept; 0 keeps all.
+
+    Returns:
+        uint8 (N, H, W), values 0 and 1.
+    """
+    masks = masks.astype(bool)
+    if min_volume_pixels <= 0:
+        return masks.astype(np.uint8)
+    patients = np.asarray(patients)
+    result = masks.copy()
+    for patient in np.unique(patients):
+        rows = np.flatnonzero(patients == patient)
+        volume = masks[rows]
+        if volume.any():
+            result[rows] = morphology.remove_small_objects(volume, max_size=min_volume_pixels - 1, connectivity=3)
+    return result.astype(np.uint8)
+
+
+def postprocess(probabilities: np.ndarray, patients: np.ndarray, threshold: float = 0.5,
+                min_component_pixels: int = 0, min_volume_pixels: int = 0) -> np.ndarray:
+    """``binarize`` each slice, then ``remove_small_volumes`` over each patient's stack.
+
+    Returns:
+        uint8 (N, H, W), values 0 and 1.
+    """
+    masks = binarize(probabilities, threshold, min_component_pixels)
+    return remove_small_volumes(masks, patients, min_volume_pixels)
+
+
 def choose_postprocessing(
     probabilities: np.ndarray,
     truth: np.ndarray,
     patients: np.ndarray,
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
     min_components: tuple[int, ...] = (0, 10, 30, 60, 100),
+    min_volumes: tuple[int, ...] = (0,),
 ) -> tuple[dict, pd.DataFrame]:
-    """Pick threshold and minimum component size that maximise validation per-patient Dice.
+    """Pick the post-processing that maximises validation per-patient Dice.
 
-    Call this on validation patients only; apply the result to test patients.
+    Searches every combination of threshold, minimum 2D component size and
+    minimum 3D (per-patient) component size. Call this on validation
+    patients only; apply the result to test patients.
 
     Args:
         probabilities: float (N, H, W) validation probabilities.
         truth: 0/1 (N, H, W) validation masks.
-        patients: the patient of each slice.
+        patients: the patient of each slice (consecutive, in slice order).
         thresholds: candidate thresholds.
-        min_components: candidate minimum component sizes in pixels.
+        min_components: candidate minimum component sizes in pixels, per slice.
+        min_volumes: candidate minimum component sizes in pixels over a
+            patient's stack (see ``remove_small_volumes``).
 
     Returns:
-        The best ``{"threshold": t, "min_component_pixels": m}`` and the table
-        of every candidate's validation per-patient Dice.
+        The best ``{"threshold", "min_component_pixels", "min_volume_pixels"}``
+        and the table of every candidate's validation per-patient Dice. Ties
+        go to the first candidate, so to the least post-processing.
     """
     rows = []
-    for threshold, minimum in itertools.product(thresholds, min_components):
-        prediction = binarize(probabilities, threshold, minimum)
-        rows.append({"threshold": threshold, "min_component_pixels": minimum,
+    for threshold, minimum, volume in itertools.product(thresholds, min_components, min_volumes):
+        prediction = postprocess(probabilities, patients, threshold, minimum, volume)
+        rows.append({"threshold": threshold, "min_component_pixels": minimum, "min_volume_pixels": volume,
                      "val_dice_per_patient": patient_dice_mean(truth, prediction, patients)})
     table = pd.DataFrame(rows)
     best = table.loc[table["val_dice_per_patient"].idxmax()]
     return {"threshold": float(best["threshold"]),
-            "min_component_pixels": int(best["min_component_pixels"])}, table
+            "min_component_pixels": int(best["min_component_pixels"]),
+            "min_volume_pixels": int(best["min_volume_pixels"])}, table
 
 
 def evaluate(

@@ -184,10 +184,16 @@ def architecture(model) -> plt.Figure:
 
 
 def postprocessing_curve(table: pd.DataFrame) -> plt.Figure:
-    """Validation per-patient Dice against threshold, one line per minimum component size."""
+    """Validation per-patient Dice against threshold, one line per smallest 3D region kept.
+
+    Each point is the best over the per-slice minimum component sizes tried.
+    """
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    for minimum, rows in table.groupby("min_component_pixels"):
-        axis.plot(rows["threshold"], rows["val_dice_per_patient"], marker="o", label=f"min component {minimum} px")
+    volume_column = "min_volume_pixels" if "min_volume_pixels" in table else None
+    groups = table.groupby(volume_column) if volume_column else [(0, table)]
+    for volume, rows in groups:
+        best = rows.groupby("threshold")["val_dice_per_patient"].max()
+        axis.plot(best.index, best.values, marker="o", label=f"smallest region over the stack {volume} px")
     axis.set(xlabel="probability threshold", ylabel="validation per-patient Dice",
              title="Post-processing chosen on validation patients")
     axis.legend(fontsize=7)

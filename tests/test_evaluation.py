@@ -51,7 +51,7 @@ def test_choose_postprocessing_finds_the_best_pair():
     best, table = choose_postprocessing(
         probabilities, truth, np.array(["A", "B"]), min_components=(0, 5, 30)
     )
-    assert best == {"threshold": 0.6, "min_component_pixels": 5}
+    assert best == {"threshold": 0.6, "min_component_pixels": 5, "min_volume_pixels": 0}
     assert len(table) == 5 * 3
     row = table.set_index(["threshold", "min_component_pixels"])["val_dice_per_patient"]
     assert row[(0.6, 5)] == pytest.approx(1.0)
@@ -69,3 +69,22 @@ def test_evaluate_scores_and_rejects_empty_set():
     assert len(slice_table) == 3 and len(patient_table) == 2
     with pytest.raises(ValueError, match="empty"):
         evaluate(truth[:0], prediction[:0], rows.iloc[:0])
+
+
+def test_remove_small_volumes_keeps_regions_that_span_slices():
+    from helpers.evaluation import postprocess, remove_small_volumes
+
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[0:3, 2:4, 2:4] = 1  # 3 slices x 4 pixels = 12 pixels, one 3D region
+    masks[3, 6, 6] = 1  # an isolated single pixel on the last slice of patient b
+    patients = np.array(["a", "a", "a", "b"])
+    kept = remove_small_volumes(masks, patients, min_volume_pixels=5)
+    expected = masks.copy()
+    expected[3, 6, 6] = 0
+    np.testing.assert_array_equal(kept, expected)
+    # A region split across two patients is not joined: each half has 8 pixels.
+    split = remove_small_volumes(masks[:2], np.array(["a", "b"]), min_volume_pixels=5)
+    np.testing.assert_array_equal(split, np.zeros_like(masks[:2]))
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 0), masks)
+    probabilities = masks.astype(np.float32) * 0.9
+    np.testing.assert_array_equal(postprocess(probabilities, patients, 0.5, 0, 5), expected)
