@@ -11,12 +11,15 @@ slices hold no tumour):
   (as the dataset's paper reports), so empty slices add only their false
   positives. A patient with no tumour anywhere and none predicted scores 1.
 * Pooled: all pixels of all slices counted together.
+* The 95th-percentile Hausdorff distance is defined only where both masks
+  are non-empty; its mean is over those slices (``hd95_slices`` counts them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 
 def confusion_counts(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, int]:
@@ -68,6 +71,30 @@ def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     }
 
 
+def hausdorff95(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """95th-percentile symmetric Hausdorff distance between two masks' boundaries, in pixels.
+
+    Boundary pixels are the mask's pixels with a 4-neighbour outside it. The
+    distances from every boundary pixel of each mask to the nearest boundary
+    pixel of the other are pooled and their 95th percentile returned.
+
+    Args:
+        truth: 0/1 array (H, W).
+        prediction: 0/1 array (H, W).
+
+    Returns:
+        The distance in pixels; NaN when either mask is empty (undefined).
+    """
+    truth, prediction = np.asarray(truth).astype(bool), np.asarray(prediction).astype(bool)
+    if not truth.any() or not prediction.any():
+        return float("nan")
+    truth_edge = truth & ~ndimage.binary_erosion(truth, border_value=0)
+    prediction_edge = prediction & ~ndimage.binary_erosion(prediction, border_value=0)
+    to_prediction = ndimage.distance_transform_edt(~prediction_edge)[truth_edge]
+    to_truth = ndimage.distance_transform_edt(~truth_edge)[prediction_edge]
+    return float(np.percentile(np.concatenate([to_prediction, to_truth]), 95))
+
+
 def dice_score(truth: np.ndarray, prediction: np.ndarray) -> float:
     """Dice of two binary masks (1 when both are empty)."""
     return scores_from_counts(*confusion_counts(truth, prediction))["dice"]
@@ -99,6 +126,7 @@ def per_slice_table(
             "predicted_pixels": counts[0] + counts[1],
             **dict(zip(("tp", "fp", "fn", "tn"), counts)),
             **scores_from_counts(*counts),
+            "hd95": hausdorff95(truth[index], prediction[index]),
         })
     return pd.DataFrame(rows)
 
@@ -153,6 +181,9 @@ def summarize(slice_table: pd.DataFrame, patient_table: pd.DataFrame) -> dict[st
         if with_tumour.any() else float("nan"),
         "iou_per_slice_mean_all": float(slice_table["iou"].mean()),
         "accuracy_per_slice_mean": float(slice_table["accuracy"].mean()),
+        "specificity_per_slice_mean": float(np.nanmean(slice_table["specificity"])),
+        "hd95_pixels_mean": float(np.nanmean(slice_table["hd95"])) if slice_table["hd95"].notna().any() else float("nan"),
+        "hd95_slices": int(slice_table["hd95"].notna().sum()),
         "slice_false_positives": int((~with_tumour & predicted).sum()),
         "slice_false_negatives": int((with_tumour & ~predicted).sum()),
         "detection_sensitivity": detection["recall"],

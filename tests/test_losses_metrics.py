@@ -209,3 +209,30 @@ def test_summarize_by_hand():
                                         "specificity", "sensitivity")):
             assert 0.0 <= value <= 1.0, key
     assert pd.Series(summary).index.is_unique
+
+
+def test_hausdorff95_matches_a_brute_force_distance():
+    from scipy.spatial.distance import cdist
+
+    from helpers.metrics import hausdorff95
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        truth = np.zeros((24, 24), bool)
+        prediction = np.zeros((24, 24), bool)
+        y, x = rng.integers(4, 14, size=2)
+        truth[y:y + rng.integers(3, 8), x:x + rng.integers(3, 8)] = True
+        y, x = rng.integers(4, 14, size=2)
+        prediction[y:y + rng.integers(3, 8), x:x + rng.integers(3, 8)] = True
+
+        def edge(mask):
+            padded = np.pad(mask, 1)
+            inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+            return np.argwhere(mask & ~inner)
+
+        distances = cdist(edge(truth), edge(prediction))
+        expected = np.percentile(np.concatenate([distances.min(axis=1), distances.min(axis=0)]), 95)
+        assert hausdorff95(truth, prediction) == pytest.approx(expected)
+    empty = np.zeros((8, 8), bool)
+    assert np.isnan(hausdorff95(empty, truth[:8, :8]))
+    assert hausdorff95(truth, truth) == 0.0
