@@ -74,11 +74,18 @@ def choose_strategy() -> tf.distribute.Strategy:
 
 def compile_model(model: keras.Model, learning_rate: float = 1e-3,
                   dice_weight: float = 1.0, bce_weight: float = 1.0) -> keras.Model:
-    """Compile with Adam, Dice + binary cross-entropy, and the Dice metric."""
+    """Compile with Adam, Dice + cross-entropy, and the Dice metric.
+
+    A one-channel model gets one ``dice`` metric; a softmax model with C
+    classes gets ``dice_class_1`` ... ``dice_class_{C-1}``, one per tumour class.
+    """
+    classes = model.output_shape[-1]
+    metrics = [DiceScore()] if classes == 1 else [
+        DiceScore(class_index=k, name=f"dice_class_{k}") for k in range(1, classes)]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight),
-        metrics=[DiceScore()],
+        metrics=metrics,
     )
     return model
 
