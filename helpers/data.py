@@ -7,6 +7,11 @@ and masks ``<case>_<n>_mask.tif`` (0 and 255). The Kaggle download holds the
 same slices twice (``kaggle_3m/`` and ``lgg-mri-segmentation/kaggle_3m/``);
 this module always reads one copy.
 
+Other ways in: the zip that Kaggle's website gives (``archive.zip``), which
+``resolve_data_dir`` extracts once into a cache folder, and any folder of
+image/mask pairs (PNG, JPEG or TIFF), indexed by
+``build_manifest_from_pattern``.
+
 Data folders are only read. Everything derived goes under the artifacts
 folder that the caller names.
 """
@@ -17,8 +22,12 @@ import csv
 import hashlib
 import os
 import re
+import shutil
+import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -40,29 +49,58 @@ MANIFEST_COLUMNS = [
 ]
 
 
+# Where the zip from Kaggle's website is extracted, relative to the working folder; never the
+# data folder, which may be read-only.
+DEFAULT_CACHE_DIR = Path("artifacts") / "data_cache"
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Suffixes tried, after the image's own, when looking for the mask of an image.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DUPLICATE_FOLDER = "lgg-mri-segmentation"
+
+
 class DatasetError(RuntimeError):
     """Raised when the dataset cannot be found or fails validation."""
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+def resolve_data_dir(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+    show_progress: bool = True,
+) -> Path:
     """Find the folder that holds the slices, downloading them if needed.
 
     Order: the ``data_dir`` argument, then the ``LGG_DATA_DIR`` environment
-    variable, then kagglehub with the pinned handle ``KAGGLE_HANDLE`` (a
-    complete kagglehub cache is reused without a network call).
+    variable, then kagglehub with the pinned handle ``KAGGLE_HANDLE``.
+
+    A zip file (``archive.zip`` from the dataset's Kaggle page) is extracted
+    once into ``cache_dir`` and the extracted copy is reused by later calls
+    (see ``extract_dataset_zip``).
+
+    kagglehub (1.0.3) reuses its own cache without a network call: for a
+    versioned handle such as ``KAGGLE_HANDLE`` it returns the cached folder
+    (``~/.cache/kagglehub/datasets/mateuszbuda/lgg-mri-segmentation/versions/2``,
+    or under ``$KAGGLEHUB_CACHE``) as soon as the download's completion marker
+    is there, so no offline argument is needed. An interrupted download has no
+    marker and is fetched again. In Colab and in Kaggle notebooks kagglehub
+    instead mounts the dataset, at ``/kaggle/input/lgg-mri-segmentation``,
+    which holds both copies; the top-level ``kaggle_3m/`` is used.
 
     Args:
-        data_dir: a folder holding ``kaggle_3m/``, ``kaggle_3m/`` itself, or
-            a folder of patient folders. ``None`` to use the variable or the
-            download.
+        data_dir: a folder holding ``kaggle_3m/``, ``kaggle_3m/`` itself, a
+            folder of patient folders, or a ``.zip`` holding ``kaggle_3m/`` at
+            some level. ``None`` to use the variable or the download.
+        cache_dir: where a zip is extracted (created if missing), one folder
+            per zip. Only used for a zip.
+        show_progress: show a progress bar while a zip is extracted.
 
     Returns:
         The absolute path of the folder that holds the patient folders.
 
     Raises:
-        DatasetError: if the named folder holds no patient folders, or the
-            download failed; the message says what was tried and how to point
-            at a local copy.
+        DatasetError: if the named folder or zip holds no patient folders, the
+            zip is damaged or unsafe, or the download failed; the message says
+            what was tried and how to point at a local copy.
     """
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_VARIABLE) or None
@@ -70,7 +108,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     else:
         source = "DATA_DIR"
     if data_dir is not None:
-        return find_case_root(Path(data_dir).expanduser(), source=source)
+        folder = Path(data_dir).expanduser()
+        if folder.suffix.lower() == ".zip" or folder.is_file():
+            source = f"{source}, extracted from {folder.name}"
+            folder = extract_dataset_zip(folder, cache_dir, show_progress=show_progress)
+        return find_case_root(folder, source=source)
     try:
         import kagglehub
 
@@ -126,6 +168,208 @@ def find_case_root(folder: Path, source: str | None = None) -> Path:
 
 def _is_case_dir(path: Path) -> bool:
     return path.is_dir() and CASE_PATTERN.match(path.name) is not None
+
+
+def describe_source(case_root: str | os.PathLike) -> dict:
+    """Say which copy of the dataset a case root is, for ``dataset.json``.
+
+    The Kaggle download holds every slice twice: ``kaggle_3m/`` and
+    ``lgg-mri-segmentation/kaggle_3m/``. This names the copy that is read and
+    whether the other one exists beside it (and so was ignored).
+
+    Args:
+        case_root: the folder holding the patient folders, as returned by
+            ``resolve_data_dir`` or ``find_case_root``.
+
+    Returns:
+        A dict, ready for ``json.dumps``:
+        ``case_root`` (str, the absolute path),
+        ``copy`` (``"kaggle_3m"`` for the top-level copy,
+        ``"lgg-mri-segmentation/kaggle_3m"`` for the duplicate, ``"folder"``
+        for any other folder of patient folders),
+        ``duplicate_copy`` (str absolute path of the other copy when it holds
+        patient folders, else ``None``),
+        ``duplicate_ignored`` (bool, True when that other copy exists and was
+        not read).
+
+    Raises:
+        DatasetError: if ``case_root`` is not a folder.
+    """
+    case_root = Path(case_root).expanduser().resolve()
+    if not case_root.is_dir():
+        raise DatasetError(
+            f"{case_root} is not a folder: pass the folder that resolve_data_dir returned."
+        )
+    other = None
+    if case_root.name == "kaggle_3m" and case_root.parent.name == DUPLICATE_FOLDER:
+        copy = f"{DUPLICATE_FOLDER}/kaggle_3m"
+        other = case_root.parent.parent / "kaggle_3m"
+    elif case_root.name == "kaggle_3m":
+        copy = "kaggle_3m"
+        other = case_root.parent / DUPLICATE_FOLDER / "kaggle_3m"
+    else:
+        copy = "folder"
+    duplicate = other is not None and other.is_dir() and any(_is_case_dir(p) for p in other.iterdir())
+    return {
+        "case_root": str(case_root),
+        "copy": copy,
+        "duplicate_copy": str(other) if duplicate else None,
+        "duplicate_ignored": bool(duplicate),
+    }
+
+
+def extract_dataset_zip(
+    zip_path: str | os.PathLike,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+    show_progress: bool = True,
+) -> Path:
+    """Extract the dataset's zip once into a cache folder, and reuse it after.
+
+    The zip is extracted to ``cache_dir/<zip stem>-<hash>/``, where the hash
+    is of the zip's size and modification time, so a new download gets a new
+    folder. Extraction goes into a hidden temporary folder that is renamed
+    only once every member is written: a killed extraction leaves a
+    ``.<name>.partial-*`` folder that is never read (delete it at leisure),
+    and the next call extracts again. Every member name is checked before
+    anything is written.
+
+    Args:
+        zip_path: a zip holding ``kaggle_3m/`` at some level (the
+            ``archive.zip`` of the dataset's Kaggle page holds it at the top,
+            with the duplicate ``lgg-mri-segmentation/kaggle_3m/``), or
+            holding ``TCGA_*`` patient folders.
+        cache_dir: the folder for extracted copies (created if missing);
+            never the data folder, which may be read-only.
+        show_progress: show a progress bar over the members.
+
+    Returns:
+        The absolute path of the extracted folder that holds ``kaggle_3m/``
+        (or the patient folders); pass it to ``find_case_root``.
+
+    Raises:
+        DatasetError: if the zip is missing, not a zip, holds a member whose
+            name is absolute or contains ``..`` (all such members are named),
+            holds no ``kaggle_3m/`` or patient folders, is damaged, or the
+            cache folder cannot be written or lacks space.
+    """
+    zip_path = Path(zip_path).expanduser().resolve()
+    if not zip_path.is_file():
+        raise DatasetError(
+            f"{zip_path}: no such zip file. Download archive.zip from the dataset's Kaggle page "
+            f"(https://www.kaggle.com/datasets/{KAGGLE_HANDLE.split('/versions')[0]}) and "
+            "point DATA_DIR at it, or at the folder it was unzipped into."
+        )
+    if not zipfile.is_zipfile(zip_path):
+        raise DatasetError(
+            f"{zip_path}: not a zip archive (is the download incomplete?). Download it again."
+        )
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    stat = zip_path.stat()
+    stamp = hashlib.sha1(f"{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    target = cache_dir / f"{zip_path.stem}-{stamp}"
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DatasetError(f"{zip_path}: cannot be opened as a zip ({error}). Download it again.") from error
+    with archive:
+        members = archive.infolist()
+        unsafe = [member.filename for member in members if _is_unsafe_member(member.filename)]
+        if unsafe:
+            shown = ", ".join(repr(name) for name in unsafe[:10])
+            more = f" and {len(unsafe) - 10} more" if len(unsafe) > 10 else ""
+            raise DatasetError(
+                f"{zip_path}: {len(unsafe)} member(s) with an absolute name or '..' would be "
+                f"written outside the extraction folder: {shown}{more}. Nothing was extracted; "
+                "use the archive from the dataset's Kaggle page."
+            )
+        inner = _zip_data_root([member.filename for member in members])
+        if inner is None:
+            shown = ", ".join(repr(member.filename) for member in members[:5])
+            raise DatasetError(
+                f"{zip_path}: holds no kaggle_3m/ folder and no TCGA_<institution>_<patient>_<date>/ "
+                f"patient folders (first entries: {shown or 'none'}). Is it the LGG MRI "
+                "Segmentation archive from Kaggle?"
+            )
+        if target.is_dir():
+            return target.joinpath(*inner.parts)
+        _extract_members(archive, members, zip_path, target, show_progress)
+    return target.joinpath(*inner.parts)
+
+
+def _is_unsafe_member(name: str) -> bool:
+    # Zips made on Windows may use backslashes or drive letters; judge those too.
+    normal = name.replace("\\", "/")
+    return (
+        PurePosixPath(normal).is_absolute()
+        or ".." in PurePosixPath(normal).parts
+        or re.match(r"^[A-Za-z]:", normal) is not None
+    )
+
+
+def _zip_data_root(names: list[str]) -> PurePosixPath | None:
+    """The folder inside a zip that holds ``kaggle_3m/`` or patient folders (shallowest wins)."""
+    best: PurePosixPath | None = None
+    for wanted in (lambda part: part == "kaggle_3m", lambda part: CASE_PATTERN.match(part)):
+        for name in names:
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            folders = parts if name.endswith("/") else parts[:-1]
+            for depth, part in enumerate(folders):
+                if wanted(part):
+                    if best is None or depth < len(best.parts):
+                        best = PurePosixPath(*folders[:depth])
+                    break
+        if best is not None:
+            return best
+    return None
+
+
+def _extract_members(
+    archive: zipfile.ZipFile,
+    members: list[zipfile.ZipInfo],
+    zip_path: Path,
+    target: Path,
+    show_progress: bool,
+) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as error:
+        raise DatasetError(
+            f"Cannot write the extraction folder in {target.parent} ({error}): pass a writable "
+            "cache_dir to resolve_data_dir."
+        ) from error
+    try:
+        needed = sum(member.file_size for member in members)
+        free = shutil.disk_usage(temporary).free
+        if needed > free:
+            raise DatasetError(
+                f"{zip_path}: extracting needs {needed / 2**20:.0f} MiB but {target.parent} has "
+                f"{free / 2**20:.0f} MiB free. Free some space or pass another cache_dir."
+            )
+        progress = tqdm(
+            members, desc=f"Extracting {zip_path.name}", unit="file",
+            disable=not show_progress, leave=False,
+        )
+        for member in progress:
+            try:
+                archive.extract(member, temporary)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+                raise DatasetError(
+                    f"{zip_path}: member {member.filename!r} cannot be extracted "
+                    f"({type(error).__name__}: {error}). Download the zip again, or check that "
+                    f"{target.parent} has space."
+                ) from error
+        try:
+            temporary.rename(target)
+        except OSError:
+            # Another process finished the same extraction first: use its copy.
+            if not target.is_dir():
+                raise
+            shutil.rmtree(temporary, ignore_errors=True)
+    except BaseException:
+        # Interrupted or failed: never leave a half-written folder under the final name.
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def read_clinical_table(path: Path) -> pd.DataFrame:
@@ -206,21 +450,187 @@ def build_manifest(case_root: Path, show_progress: bool = True) -> pd.DataFrame:
     return manifest
 
 
+def build_manifest_from_pattern(
+    root: str | os.PathLike,
+    image_pattern: str | re.Pattern,
+    mask_suffix: str = "_mask",
+    patient_pattern: str | re.Pattern | None = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Index any folder of image/mask pairs: one row per image, like ``build_manifest``.
+
+    Images are the files under ``root`` matched by ``image_pattern``, less
+    those whose name ends with ``mask_suffix`` before the extension: those
+    are masks. The mask of ``img_001.png`` is ``img_001_mask.png`` beside it
+    (the same extension first, then ``.png``, ``.jpg``, ``.jpeg``, ``.tif``,
+    ``.tiff``, ``.bmp``). Hidden files and folders (names starting with ``.``)
+    are skipped. PNG, JPEG, BMP and TIFF are read (see ``read_image``).
+
+    Args:
+        root: the folder to index.
+        image_pattern: a glob relative to ``root`` given as a string
+            (``"**/*.png"``), or a compiled regular expression
+            (``re.compile(r"\\.png$")``) searched in each file's path relative to
+            ``root``, written with ``/``.
+        mask_suffix: the end of a mask's file name before its extension.
+        patient_pattern: a regular expression searched in each image's path
+            relative to ``root`` (with ``/``); its first group is the patient
+            and an optional second group the institution
+            (``r"^(case\\d+)/"``). ``None``: each folder of images is one
+            patient, named by its path relative to ``root`` (``root``'s own
+            name for files directly in it).
+
+    Returns:
+        A DataFrame with the columns of ``MANIFEST_COLUMNS``, sorted by
+        patient (numbers in names compared as numbers) then slice:
+        ``patient`` (str), ``case`` (str, the image's folder relative to
+        ``root``, ``"."`` for ``root`` itself), ``institution`` (str, the
+        second group of ``patient_pattern``, else ``"NA"``), ``slice``
+        (int64: the last integer in the file name when every file of the
+        patient has one and they differ, else the 1-based order of the names
+        within the patient), ``image_path`` and ``mask_path`` (str, ``""``
+        where missing), ``tumour_pixels`` (int64, non-zero mask pixels, -1
+        where the mask is missing or unreadable).
+
+    Raises:
+        ValueError: if ``mask_suffix`` is empty or ``patient_pattern`` has no
+            group.
+        DatasetError: if ``root`` is not a folder, no image matches, or some
+            images do not match ``patient_pattern`` (all of them listed).
+    """
+    if not mask_suffix:
+        raise ValueError("mask_suffix must not be empty: it is how masks are told from images.")
+    patient_regex = re.compile(patient_pattern) if patient_pattern is not None else None
+    if patient_regex is not None and patient_regex.groups < 1:
+        raise ValueError(
+            f"patient_pattern {patient_regex.pattern!r} has no group: put the patient id in "
+            r"parentheses, e.g. r'^(case\d+)/'."
+        )
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder: point root at the folder of images and masks.")
+    if isinstance(image_pattern, re.Pattern):
+        candidates = (p for p in root.rglob("*") if image_pattern.search(p.relative_to(root).as_posix()))
+    else:
+        candidates = root.glob(image_pattern)
+    files = [
+        p for p in candidates
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    images = [p for p in files if not p.stem.endswith(mask_suffix)]
+    matched_masks = {p for p in files if p.stem.endswith(mask_suffix)}
+    if not images:
+        shown = image_pattern.pattern if isinstance(image_pattern, re.Pattern) else image_pattern
+        raise DatasetError(
+            f"No images matching {shown!r} under {root} (files ending with {mask_suffix!r} are "
+            "masks, not images). Check image_pattern and mask_suffix."
+        )
+
+    listings: dict[Path, set[str]] = {}
+
+    def find_mask(image: Path) -> Path | None:
+        if image.parent not in listings:
+            listings[image.parent] = {p.name for p in image.parent.iterdir()}
+        suffixes = [image.suffix] + [s for s in IMAGE_SUFFIXES if s != image.suffix.lower()]
+        for suffix in suffixes:
+            name = f"{image.stem}{mask_suffix}{suffix}"
+            if name in listings[image.parent]:
+                return image.parent / name
+        return None
+
+    pairs: list[tuple[Path | None, Path | None]] = []
+    for image in images:
+        mask = find_mask(image)
+        matched_masks.discard(mask)
+        pairs.append((image, mask))
+    # Masks the pattern matched whose image is missing: kept, so validation reports them.
+    pairs += [(None, mask) for mask in sorted(matched_masks)]
+
+    rows, unmatched = [], []
+    for image, mask in pairs:
+        anchor = image if image is not None else mask
+        relative = anchor.relative_to(root).as_posix()
+        folder = anchor.parent.relative_to(root).as_posix()
+        institution = "NA"
+        if patient_regex is None:
+            patient = root.name if folder == "." else folder
+        else:
+            match = patient_regex.search(relative)
+            if match is None or not match.group(1):
+                unmatched.append(relative)
+                continue
+            patient = match.group(1)
+            if patient_regex.groups >= 2 and match.group(2):
+                institution = match.group(2)
+        stem = image.stem if image is not None else mask.stem[: -len(mask_suffix)]
+        numbers = re.findall(r"\d+", stem)
+        rows.append({
+            "patient": patient,
+            "case": folder,
+            "institution": institution,
+            "number": int(numbers[-1]) if numbers else None,
+            "order_key": _natural_key(relative),
+            "image_path": str(image) if image is not None else "",
+            "mask_path": str(mask) if mask is not None else "",
+        })
+    if unmatched:
+        shown = "\n  ".join(unmatched[:10])
+        more = f"\n  ... and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        raise DatasetError(
+            f"{len(unmatched)} file(s) under {root} do not match patient_pattern "
+            f"{patient_regex.pattern!r}:\n  {shown}{more}\nChange the pattern so that its first "
+            "group captures the patient of every file, or narrow image_pattern."
+        )
+
+    by_patient: dict[str, list[dict]] = {}
+    for row in rows:
+        by_patient.setdefault(row["patient"], []).append(row)
+    ordered = []
+    for patient in sorted(by_patient, key=_natural_key):
+        group = sorted(by_patient[patient], key=lambda row: row["order_key"])
+        numbers = [row["number"] for row in group]
+        # File numbers are slice numbers only when every file has one and no two are equal.
+        if None in numbers or len(set(numbers)) != len(numbers):
+            numbers = list(range(1, len(group) + 1))
+        for row, number in sorted(zip(group, numbers), key=lambda pair: pair[1]):
+            ordered.append({**row, "slice": number})
+
+    manifest = pd.DataFrame(ordered, columns=MANIFEST_COLUMNS[:-1])
+    manifest["slice"] = manifest["slice"].astype(np.int64)
+    tumour_pixels = []
+    for mask_path in tqdm(
+        manifest["mask_path"], desc="Reading masks", disable=not show_progress, leave=False
+    ):
+        try:
+            tumour_pixels.append(int(np.count_nonzero(read_mask(mask_path))) if mask_path else -1)
+        except DatasetError:
+            tumour_pixels.append(-1)
+    manifest["tumour_pixels"] = np.asarray(tumour_pixels, dtype=np.int64)
+    return manifest
+
+
+def _natural_key(text: str) -> list:
+    """Sort key comparing runs of digits as numbers: ``img_2`` before ``img_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one MRI slice.
 
     Args:
-        path: a ``.tif`` slice (compressed or not).
+        path: a slice: a ``.tif``/``.tiff`` with 3 channels (compressed or
+            not), or a PNG, JPEG or BMP with 3 channels or one (a grayscale
+            image is repeated into 3 channels).
 
     Returns:
-        uint8 array (H, W, 3), values 0-255, channels pre-contrast, FLAIR,
-        post-contrast.
+        uint8 array (H, W, 3), values 0-255; for the LGG dataset the channels
+        are pre-contrast, FLAIR, post-contrast.
 
     Raises:
         DatasetError: naming the file, if it cannot be read or is not a
-            3-channel uint8 image.
+            3-channel (or, except TIFF, grayscale) uint8 image.
     """
-    array = _read_tiff(path)
+    array = _as_three_channels(_read_any(path), path)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise DatasetError(
             f"{path}: expected a uint8 image of shape (H, W, 3), got {array.dtype} "
@@ -233,7 +643,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read one mask and make it binary.
 
     Args:
-        path: a ``_mask.tif`` file with values {0, 255} (or {0, 1}).
+        path: a one-channel mask file (TIFF, PNG, JPEG or BMP) with values
+            {0, 255} (or {0, 1}); every non-zero pixel counts as tumour.
 
     Returns:
         uint8 array (H, W), values 0 and 1.
@@ -242,7 +653,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         DatasetError: naming the file, if it cannot be read or is not a
             one-channel image.
     """
-    array = _read_tiff(path)
+    array = _read_any(path, as_mask=True)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2:
@@ -252,16 +663,59 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return (array > 0).astype(np.uint8)
 
 
-def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+def _read_any(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
+    """Decode one image file: TIFF through tifffile, anything else through Pillow.
+
+    Args:
+        path: the file.
+        as_mask: keep palette images as their indices (a palette PNG mask
+            stores labels there); otherwise palette images become RGB.
+
+    Returns:
+        The pixels as stored: (H, W) or (H, W, C), dtype as stored (bilevel
+        images become uint8 0/255).
+
+    Raises:
+        DatasetError: naming the file and why it cannot be read.
+    """
+    is_tiff = Path(path).suffix.lower() in TIFF_SUFFIXES
     try:
-        return tifffile.imread(path)
-    except Exception as error:  # tifffile raises several types for bad files.
+        if is_tiff:
+            return tifffile.imread(path)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            if image.mode == "1":
+                image = image.convert("L")
+            elif image.mode == "P" and not as_mask:
+                image = image.convert("RGB")
+            return np.array(image)
+    except Exception as error:  # Both readers raise several types for bad files.
         size = os.path.getsize(path) if os.path.exists(path) else None
         detail = "missing" if size is None else ("zero bytes" if size == 0 else str(error))
+        kind = "a TIFF image" if is_tiff else "an image (tried Pillow)"
         raise DatasetError(
-            f"{path}: cannot be read as a TIFF image ({detail}). Download the "
+            f"{path}: cannot be read as {kind} ({detail}). Download the "
             "dataset again, or drop this slice (DROP_INVALID=True)."
         ) from error
+
+
+def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Kept for callers of the TIFF-only name: reads any format ``_read_any`` reads."""
+    return _read_any(path)
+
+
+def _as_three_channels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    # Grayscale PNG/JPEG slices are common in other datasets: repeat them into 3 channels. A
+    # one-channel TIFF is left as it is, so it is reported: every LGG slice has 3 channels,
+    # and a one-channel TIFF there is a mask saved under a slice's name.
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        return array
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    return array
 
 
 @dataclass
@@ -306,7 +760,7 @@ def validate_manifest(
     {0, 255} or {0, 1}, and identical pixels under two names.
 
     Args:
-        manifest: the table of ``build_manifest``.
+        manifest: the table of ``build_manifest`` or ``build_manifest_from_pattern``.
         expected_size: (height, width) every slice must have; ``None`` to
             accept any size.
         show_progress: show a progress bar.
@@ -328,12 +782,12 @@ def validate_manifest(
             report.add(row.Index, row.mask_path, "mask without image")
             continue
         try:
-            image = _read_tiff(row.image_path)
+            image = _as_three_channels(_read_any(row.image_path), row.image_path)
         except DatasetError as error:
             report.add(row.Index, row.image_path, str(error).split(": ", 1)[1])
             continue
         try:
-            mask = _read_tiff(row.mask_path)
+            mask = _read_any(row.mask_path, as_mask=True)
         except DatasetError as error:
             report.add(row.Index, row.mask_path, str(error).split(": ", 1)[1])
             continue

@@ -119,3 +119,60 @@ def build_resunet(
 def count_residual_additions(model: keras.Model) -> int:
     """Number of ``Add`` layers (residual additions) in a model."""
     return sum(isinstance(layer, layers.Add) for layer in model.layers)
+
+
+PRETRAINED_SKIPS = ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")
+
+
+def build_pretrained_resunet(
+    input_shape: tuple[int, int, int] = (256, 256, 3),
+    base_filters: int = 16,
+    num_classes: int = 1,
+    encoder_weights: str | None = "imagenet",
+    freeze_encoder: bool = False,
+    name: str = "resunet_resnet50v2",
+) -> keras.Model:
+    """A ResUNet whose encoder is ResNet50V2, optionally ImageNet-pretrained.
+
+    ResNet50V2 (``keras.applications``) is built from the same pre-activation
+    residual units as the ResUNet, so its ImageNet weights can start the
+    encoder (transfer learning); the decoder is the ResUNet's. The encoder's
+    features at 1/2, 1/4, 1/8 and 1/16 of the input feed the skip
+    connections, its 1/32 output is the bridge, and a residual unit on the
+    full-resolution image gives the last skip.
+
+    Args:
+        input_shape: (H, W, 3); H and W divisible by 32.
+        base_filters: channels of the decoder's full-resolution level; each
+            level below doubles it.
+        num_classes: 1 for a sigmoid mask, more for a softmax over classes.
+        encoder_weights: ``"imagenet"`` to download the pretrained weights
+            (needs network, as in Colab), ``None`` for random initialisation.
+        freeze_encoder: keep the encoder's weights fixed.
+        name: the model's name.
+
+    Returns:
+        An uncompiled model mapping float32 (B, H, W, 3) in [0, 1] to
+        probabilities (B, H, W, num_classes), float32.
+
+    Raises:
+        ValueError: if H or W is not divisible by 32.
+    """
+    height, width = input_shape[:2]
+    if height % 32 or width % 32:
+        raise ValueError(f"Input size {height}x{width} must be divisible by 32 for the ResNet50V2 encoder.")
+    inputs = keras.Input(shape=input_shape, name="image")
+    # ResNet50V2 expects inputs in [-1, 1].
+    scaled = layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one")(inputs)
+    encoder = keras.applications.ResNet50V2(include_top=False, weights=encoder_weights, input_tensor=scaled)
+    encoder.trainable = not freeze_encoder
+    skips = [residual_unit(inputs, base_filters, first=True, name="enc0")]
+    skips += [encoder.get_layer(layer_name).output for layer_name in PRETRAINED_SKIPS]
+    x = encoder.get_layer("post_relu").output
+    for level in range(len(skips) - 1, -1, -1):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_skip")([x, skips[level]])
+        x = residual_unit(x, base_filters * 2**level, name=f"dec{level}")
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -89,3 +89,20 @@ def test_save_and_load_gives_identical_predictions(tmp_path):
     assert '"Lambda"' not in config
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
     assert json.loads(config)["class_name"] == "Functional"
+
+
+def test_pretrained_encoder_variant_builds_without_weights_and_round_trips(tmp_path):
+    from helpers.model import build_pretrained_resunet
+
+    model = build_pretrained_resunet((64, 64, 3), base_filters=8, encoder_weights=None)
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    output = model.predict(images, verbose=0)
+    assert output.shape == (2, 64, 64, 1)
+    assert output.dtype == np.float32 and np.all((output >= 0) & (output <= 1))
+    # The encoder's residual additions plus the decoder's five units.
+    assert count_residual_additions(model) >= 16 + 5
+    path = tmp_path / "pretrained.keras"
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), output, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_pretrained_resunet((48, 48, 3), encoder_weights=None)
