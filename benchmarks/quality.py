@@ -82,16 +82,12 @@ def main() -> None:
     best = evaluation.load_model(run_dir / "best.keras")
     val_full_images, val_full_masks, val_full_rows = full["val"]
     test_images, test_masks, test_rows = full["test"]
-    choices = {}
-    for tta in (False, True):
-        probabilities = evaluation.predict_probabilities(best, val_full_images, flip_tta=tta)
-        choice, table = evaluation.choose_postprocessing(
-            probabilities, val_full_masks, val_full_rows["patient"].to_numpy(),
-            min_components=(0, 30, 100), min_volumes=(0, 100, 300, 1000, 3000))
-        choices[tta] = (table["val_dice_per_patient"].max(), choice, table)
-    use_tta = choices[True][0] > choices[False][0]
-    val_best, post, table = choices[use_tta]
+    post, table = evaluation.choose_on_validation(
+        best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
+        min_components=(0, 30, 100), min_volumes=(0, 100, 300, 1000, 3000))
     table.to_csv(out / "postprocessing_validation.csv", index=False)
+    use_tta = post.pop("flip_tta")
+    val_best = post.pop("val_dice_per_patient")
 
     results = {}
     plain = {"threshold": 0.5, "min_component_pixels": 0, "min_volume_pixels": 0}

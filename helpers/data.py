@@ -476,16 +476,17 @@ def build_manifest_from_pattern(
         patient_pattern: a regular expression searched in each image's path
             relative to ``root`` (with ``/``); its first group is the patient
             and an optional second group the institution
-            (``r"^(case\\d+)/"``). ``None``: each folder of images is one
-            patient, named by its path relative to ``root`` (``root``'s own
-            name for files directly in it).
+            (``r"^(case\\d+)/"``), or groups named ``patient`` and
+            ``institution`` (``r"^site_(?P<institution>\\w+)/(?P<patient>[^/]+)/"``).
+            ``None``: each folder of images is one patient, named by its path
+            relative to ``root`` (``root``'s own name for files directly in it).
 
     Returns:
         A DataFrame with the columns of ``MANIFEST_COLUMNS``, sorted by
         patient (numbers in names compared as numbers) then slice:
         ``patient`` (str), ``case`` (str, the image's folder relative to
-        ``root``, ``"."`` for ``root`` itself), ``institution`` (str, the
-        second group of ``patient_pattern``, else ``"NA"``), ``slice``
+        ``root``, ``"."`` for ``root`` itself), ``institution`` (str, from
+        ``patient_pattern``'s institution group, else ``"NA"``), ``slice``
         (int64: the last integer in the file name when every file of the
         patient has one and they differ, else the 1-based order of the names
         within the patient), ``image_path`` and ``mask_path`` (str, ``""``
@@ -506,6 +507,15 @@ def build_manifest_from_pattern(
             f"patient_pattern {patient_regex.pattern!r} has no group: put the patient id in "
             r"parentheses, e.g. r'^(case\d+)/'."
         )
+    patient_group: int | str = 1
+    institution_group: int | str | None = None
+    if patient_regex is not None:
+        named = patient_regex.groupindex
+        if "patient" in named:
+            patient_group = "patient"
+            institution_group = "institution" if "institution" in named else None
+        elif patient_regex.groups >= 2:
+            institution_group = 2
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder: point root at the folder of images and masks.")
@@ -556,12 +566,12 @@ def build_manifest_from_pattern(
             patient = root.name if folder == "." else folder
         else:
             match = patient_regex.search(relative)
-            if match is None or not match.group(1):
+            if match is None or not match.group(patient_group):
                 unmatched.append(relative)
                 continue
-            patient = match.group(1)
-            if patient_regex.groups >= 2 and match.group(2):
-                institution = match.group(2)
+            patient = match.group(patient_group)
+            if institution_group is not None and match.group(institution_group):
+                institution = match.group(institution_group)
         stem = image.stem if image is not None else mask.stem[: -len(mask_suffix)]
         numbers = re.findall(r"\d+", stem)
         rows.append({

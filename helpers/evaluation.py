@@ -193,6 +193,47 @@ def choose_postprocessing(
             "min_volume_pixels": int(best["min_volume_pixels"])}, table
 
 
+def choose_on_validation(
+    model: keras.Model,
+    images: np.ndarray,
+    truth: np.ndarray,
+    patients: np.ndarray,
+    batch_size: int = 32,
+    flip_options: tuple[bool, ...] = (False, True),
+    **candidates,
+) -> tuple[dict, pd.DataFrame]:
+    """Choose flip test-time augmentation and post-processing on validation patients.
+
+    Predicts the validation slices with and without flip averaging, runs
+    ``choose_postprocessing`` on each, and keeps the best.
+
+    Args:
+        model: the trained model.
+        images: uint8 (N, H, W, 3) validation slices.
+        truth: 0/1 (N, H, W) validation masks.
+        patients: the patient of each slice (consecutive, in slice order).
+        batch_size: prediction batch size.
+        flip_options: which of without / with flip averaging to try.
+        **candidates: ``thresholds``, ``min_components``, ``min_volumes`` for
+            ``choose_postprocessing``.
+
+    Returns:
+        The chosen ``{"flip_tta", "threshold", "min_component_pixels",
+        "min_volume_pixels", "val_dice_per_patient"}`` and the table of every
+        candidate (with a ``flip_tta`` column).
+    """
+    tables, best = [], None
+    for flip in flip_options:
+        probabilities = predict_probabilities(model, images, batch_size, flip_tta=flip, show_progress=True)
+        choice, table = choose_postprocessing(probabilities, truth, patients, **candidates)
+        table.insert(0, "flip_tta", flip)
+        tables.append(table)
+        score = float(table["val_dice_per_patient"].max())
+        if best is None or score > best["val_dice_per_patient"]:
+            best = {"flip_tta": flip, **choice, "val_dice_per_patient": score}
+    return best, pd.concat(tables, ignore_index=True)
+
+
 def evaluate(
     truth: np.ndarray, prediction: np.ndarray, manifest_rows: pd.DataFrame
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

@@ -88,3 +88,10 @@ def test_remove_small_volumes_keeps_regions_that_span_slices():
     np.testing.assert_array_equal(remove_small_volumes(masks, patients, 0), masks)
     probabilities = masks.astype(np.float32) * 0.9
     np.testing.assert_array_equal(postprocess(probabilities, patients, 0.5, 0, 5), expected)
+
+
+def test_missing_model_file_names_the_notebook_that_writes_it(tmp_path):
+    from helpers.evaluation import load_model
+
+    with pytest.raises(FileNotFoundError, match="04_training"):
+        load_model(tmp_path / "model.keras")
