@@ -175,7 +175,9 @@ def describe_source(case_root: str | os.PathLike) -> dict:
 
     The Kaggle download holds every slice twice: ``kaggle_3m/`` and
     ``lgg-mri-segmentation/kaggle_3m/``. This names the copy that is read and
-    whether the other one exists beside it (and so was ignored).
+    whether the other one exists beside it (and so was ignored). The copy is
+    told by which other copy sits beside it; where there is only one, by its
+    parent folder's name.
 
     Args:
         case_root: the folder holding the patient folders, as returned by
@@ -200,22 +202,30 @@ def describe_source(case_root: str | os.PathLike) -> dict:
         raise DatasetError(
             f"{case_root} is not a folder: pass the folder that resolve_data_dir returned."
         )
-    other = None
-    if case_root.name == "kaggle_3m" and case_root.parent.name == DUPLICATE_FOLDER:
-        copy = f"{DUPLICATE_FOLDER}/kaggle_3m"
-        other = case_root.parent.parent / "kaggle_3m"
-    elif case_root.name == "kaggle_3m":
-        copy = "kaggle_3m"
-        other = case_root.parent / DUPLICATE_FOLDER / "kaggle_3m"
-    else:
+    nested_sibling = case_root.parent / DUPLICATE_FOLDER / "kaggle_3m"
+    top_level_sibling = case_root.parent.parent / "kaggle_3m"
+    duplicate = None
+    if case_root.name != "kaggle_3m":
         copy = "folder"
-    duplicate = other is not None and other.is_dir() and any(_is_case_dir(p) for p in other.iterdir())
+    elif _holds_cases(nested_sibling):
+        # Checked first: the Colab and Kaggle mount is itself named lgg-mri-segmentation.
+        copy, duplicate = "kaggle_3m", nested_sibling
+    elif case_root.parent.name == DUPLICATE_FOLDER and _holds_cases(top_level_sibling):
+        copy, duplicate = f"{DUPLICATE_FOLDER}/kaggle_3m", top_level_sibling
+    elif case_root.parent.name == DUPLICATE_FOLDER:
+        copy = f"{DUPLICATE_FOLDER}/kaggle_3m"
+    else:
+        copy = "kaggle_3m"
     return {
         "case_root": str(case_root),
         "copy": copy,
-        "duplicate_copy": str(other) if duplicate else None,
-        "duplicate_ignored": bool(duplicate),
+        "duplicate_copy": str(duplicate) if duplicate is not None else None,
+        "duplicate_ignored": duplicate is not None,
     }
+
+
+def _holds_cases(folder: Path) -> bool:
+    return folder.is_dir() and any(_is_case_dir(p) for p in folder.iterdir())
 
 
 def extract_dataset_zip(
@@ -498,6 +508,9 @@ def build_manifest_from_pattern(
             group.
         DatasetError: if ``root`` is not a folder, no image matches, or some
             images do not match ``patient_pattern`` (all of them listed).
+
+    A matched mask without any image of its name gets a row with an empty
+    ``image_path``, so that ``validate_manifest`` reports it.
     """
     if not mask_suffix:
         raise ValueError("mask_suffix must not be empty: it is how masks are told from images.")
@@ -538,23 +551,26 @@ def build_manifest_from_pattern(
 
     listings: dict[Path, set[str]] = {}
 
-    def find_mask(image: Path) -> Path | None:
-        if image.parent not in listings:
-            listings[image.parent] = {p.name for p in image.parent.iterdir()}
-        suffixes = [image.suffix] + [s for s in IMAGE_SUFFIXES if s != image.suffix.lower()]
+    def find_partner(folder: Path, stem: str, own_suffix: str) -> Path | None:
+        if folder not in listings:
+            listings[folder] = {p.name for p in folder.iterdir()}
+        suffixes = [own_suffix] + [s for s in IMAGE_SUFFIXES if s != own_suffix.lower()]
         for suffix in suffixes:
-            name = f"{image.stem}{mask_suffix}{suffix}"
-            if name in listings[image.parent]:
-                return image.parent / name
+            if f"{stem}{suffix}" in listings[folder]:
+                return folder / f"{stem}{suffix}"
         return None
 
     pairs: list[tuple[Path | None, Path | None]] = []
     for image in images:
-        mask = find_mask(image)
+        mask = find_partner(image.parent, f"{image.stem}{mask_suffix}", image.suffix)
         matched_masks.discard(mask)
         pairs.append((image, mask))
-    # Masks the pattern matched whose image is missing: kept, so validation reports them.
-    pairs += [(None, mask) for mask in sorted(matched_masks)]
+    # A matched mask whose image exists but was left out by the pattern (a PNG mask of a JPEG
+    # slice under "**/*.png") is left out too; one with no image at all is kept, so that
+    # validation reports it.
+    for mask in sorted(matched_masks):
+        if find_partner(mask.parent, mask.stem[: -len(mask_suffix)], mask.suffix) is None:
+            pairs.append((None, mask))
 
     rows, unmatched = [], []
     for image, mask in pairs:
