@@ -444,15 +444,7 @@ def build_manifest(case_root: Path, show_progress: bool = True) -> pd.DataFrame:
                 }
             )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:-1])
-    tumour_pixels = []
-    for mask_path in tqdm(
-        manifest["mask_path"], desc="Reading masks", disable=not show_progress, leave=False
-    ):
-        try:
-            tumour_pixels.append(int(np.count_nonzero(read_mask(mask_path))) if mask_path else -1)
-        except DatasetError:
-            tumour_pixels.append(-1)
-    manifest["tumour_pixels"] = np.asarray(tumour_pixels, dtype=np.int64)
+    manifest["tumour_pixels"] = count_tumour_pixels(manifest["mask_path"], show_progress)
     clinical_path = case_root / "data.csv"
     if clinical_path.exists():
         clinical = read_clinical_table(clinical_path)
@@ -623,21 +615,32 @@ def build_manifest_from_pattern(
 
     manifest = pd.DataFrame(ordered, columns=MANIFEST_COLUMNS[:-1])
     manifest["slice"] = manifest["slice"].astype(np.int64)
-    tumour_pixels = []
-    for mask_path in tqdm(
-        manifest["mask_path"], desc="Reading masks", disable=not show_progress, leave=False
-    ):
-        try:
-            tumour_pixels.append(int(np.count_nonzero(read_mask(mask_path))) if mask_path else -1)
-        except DatasetError:
-            tumour_pixels.append(-1)
-    manifest["tumour_pixels"] = np.asarray(tumour_pixels, dtype=np.int64)
+    manifest["tumour_pixels"] = count_tumour_pixels(manifest["mask_path"], show_progress)
     return manifest
 
 
 def _natural_key(text: str) -> list:
     """Sort key comparing runs of digits as numbers: ``img_2`` before ``img_10``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def count_tumour_pixels(mask_paths, show_progress: bool = True) -> np.ndarray:
+    """Tumour pixels of each mask file: -1 where the mask is missing or unreadable.
+
+    Args:
+        mask_paths: mask file paths; an empty string marks a missing mask.
+        show_progress: show a progress bar.
+
+    Returns:
+        int64 array, one count per path.
+    """
+    counts = []
+    for mask_path in tqdm(mask_paths, desc="Reading masks", disable=not show_progress, leave=False):
+        try:
+            counts.append(int(np.count_nonzero(read_mask(mask_path))) if mask_path else -1)
+        except DatasetError:
+            counts.append(-1)
+    return np.asarray(counts, dtype=np.int64)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
