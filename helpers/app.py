@@ -50,6 +50,7 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
         FileNotFoundError: if there is no model at ``model_path``.
     """
     model = inference.load_default_model(model_path)
+    settings = inference.recommended_settings(model_path)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     def run(upload: dict | str | None, threshold: float) -> tuple[np.ndarray, np.ndarray, int, str]:
@@ -68,7 +69,7 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
             image = inference.load_image(image_path, name=name)
         except inference.ImageLoadError as error:
             raise gr.Error(str(error)) from error
-        result = inference.segment(model, image, threshold)
+        result = inference.segment(model, image, threshold, settings["min_component_pixels"])
         height, width = result.mask.shape
         share = result.tumour_pixels / result.mask.size
         summary = (f"{result.tumour_pixels:,} of {height * width:,} pixels ({share:.1%}) predicted as "
@@ -85,7 +86,7 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
             with gr.Column():
                 image = gr.Image(label="MRI slice", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], height=320, elem_id="input-image")
-                threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold",
+                threshold = gr.Slider(0.05, 0.95, value=settings["threshold"], step=0.05, label="Threshold",
                                       info="a pixel is tumour when its probability is above this")
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
             with gr.Column():

@@ -17,6 +17,7 @@ like those slices. This is for research and teaching, not diagnosis.
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -309,6 +310,28 @@ def segment(
         tumour_pixels=int(mask.sum()),
         max_probability=float(probabilities.max()),
     )
+
+
+def recommended_settings(model_path: str | os.PathLike | None = None) -> dict:
+    """Threshold and smallest region chosen on validation patients for a model, if recorded.
+
+    A model may ship with ``<name>.json`` beside ``<name>.keras`` holding the
+    ``threshold`` and ``min_component_pixels`` chosen for single slices on
+    its validation patients (``benchmarks/quality.py`` writes it).
+
+    Args:
+        model_path: the model file; ``None`` for ``DEFAULT_MODEL``.
+
+    Returns:
+        ``{"threshold": float, "min_component_pixels": int}``; 0.5 and 0 when
+        nothing is recorded.
+    """
+    sidecar = Path(model_path or DEFAULT_MODEL).with_suffix(".json")
+    settings = {"threshold": 0.5, "min_component_pixels": 0}
+    if sidecar.exists():
+        recorded = json.loads(sidecar.read_text()).get("single_slice", {})
+        settings.update({k: recorded[k] for k in settings if k in recorded})
+    return settings
 
 
 def resolve_model_path(model_path: str | os.PathLike | None = None, artifacts_dir: str | os.PathLike | None = None) -> Path:

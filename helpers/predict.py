@@ -62,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=inference.DEFAULT_MODEL, help="saved .keras model")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", default=argparse.SUPPRESS,
                         help="output folder (created if missing); required")
-    parser.add_argument("--threshold", type=_threshold, default=0.5,
-                        help="a pixel is tumour when its probability is above this (0-1)")
-    parser.add_argument("--min-component-pixels", type=_non_negative, default=0,
-                        help="drop predicted regions smaller than this many pixels; 0 keeps all")
+    parser.add_argument("--threshold", type=_threshold, default=None,
+                        help="a pixel is tumour when its probability is above this (0-1); None: the value "
+                             "chosen on validation patients and recorded beside the model (MODEL.json), else 0.5")
+    parser.add_argument("--min-component-pixels", type=_non_negative, default=None,
+                        help="drop predicted regions smaller than this many pixels, 0 keeps all; None: the "
+                             "value recorded beside the model, else 0")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs instead of keeping them")
     return parser
@@ -198,8 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    settings = inference.recommended_settings(args.model)
+    if args.threshold is None:
+        args.threshold = settings["threshold"]
+    if args.min_component_pixels is None:
+        args.min_component_pixels = settings["min_component_pixels"]
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"Model: {Path(args.model).resolve()}\nOutput: {args.out.resolve()}", file=sys.stderr)
+    print(f"Model: {Path(args.model).resolve()} (threshold {args.threshold}, smallest region "
+          f"{args.min_component_pixels} px)\nOutput: {args.out.resolve()}", file=sys.stderr)
     table, kept, failed = predict_files(
         images, args.out, model, args.threshold, args.min_component_pixels, args.overwrite
     )

@@ -103,4 +103,15 @@ def test_help_says_not_for_diagnosis_and_shows_defaults(capsys):
     text = " ".join(out.split())
     assert status == 0
     assert "research and teaching only, not for diagnosis" in text
-    assert "(default: 0.5)" in text
+    assert "(default: None)" in text and "else 0.5" in text
+
+
+def test_recorded_settings_beside_the_model_are_the_defaults(tmp_path):
+    import json
+
+    from helpers import inference
+
+    model_path = tmp_path / "m.keras"
+    assert inference.recommended_settings(model_path) == {"threshold": 0.5, "min_component_pixels": 0}
+    model_path.with_suffix(".json").write_text(json.dumps({"single_slice": {"threshold": 0.35, "min_component_pixels": 40}}))
+    assert inference.recommended_settings(model_path) == {"threshold": 0.35, "min_component_pixels": 40}
