@@ -101,6 +101,16 @@ def main() -> None:
             patient_table.to_csv(out / "per_patient.csv", index=False)
 
     training.export_model(run_dir / "best.keras", out / "model.keras")
+    # Settings for single slices (no flips, no patient stack), for the app and the command line.
+    single, _ = evaluation.choose_on_validation(
+        best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
+        flip_options=(False,), min_components=(0, 10, 30, 60, 100, 200))
+    (out / "model.json").write_text(json.dumps({
+        "input_size": args.input_size, "base_filters": args.width,
+        "single_slice": {"threshold": single["threshold"], "min_component_pixels": single["min_component_pixels"],
+                         "val_dice_per_patient": single["val_dice_per_patient"]},
+        "chosen_on": "validation patients", "val_patients": sorted(split.loc[split.split == "val", "patient"]),
+    }, indent=2))
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not False),
@@ -113,7 +123,7 @@ def main() -> None:
         "best_epoch": int(history["val_patient_dice"].idxmax()) + 1,
         "val_patient_dice_best_epoch": float(history["val_patient_dice"].max()),
         "training_seconds": train_seconds,
-        "total_seconds": time.monotonic() - started,
+        "total_seconds": time.monotonic() - started + (train_seconds if args.evaluate_only else 0.0),
         "postprocessing_chosen_on_val": {**post, "flip_tta": bool(use_tta), "val_dice_per_patient": float(val_best)},
         "test": results,
         "dice_per_patient_mean": results["chosen_on_val"]["dice_per_patient_mean"],
