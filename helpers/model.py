@@ -176,3 +176,25 @@ def build_pretrained_resunet(
     activation = "sigmoid" if num_classes == 1 else "softmax"
     outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def unit_table(model: keras.Model):
+    """One row per unit of a ResUNet: output shape, layers and parameters.
+
+    Layers are grouped by the prefix of their names (``enc1``, ``bridge``,
+    ``dec0``...), which ``build_resunet`` gives them.
+
+    Returns:
+        A pandas DataFrame with columns ``unit``, ``output_shape``,
+        ``layers`` and ``parameters``.
+    """
+    import pandas as pd
+
+    rows: dict[str, dict] = {}
+    for layer in model.layers:
+        unit = layer.name.split("_")[0]
+        row = rows.setdefault(unit, {"unit": unit, "output_shape": None, "layers": 0, "parameters": 0})
+        row["layers"] += 1
+        row["parameters"] += layer.count_params()
+        row["output_shape"] = tuple(layer.output.shape[1:])
+    return pd.DataFrame(list(rows.values()))
