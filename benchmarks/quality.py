@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
+    parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
+                        help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: evaluate the run already in --out/run (its time is read from there)")
     args = parser.parse_args()
@@ -75,6 +77,7 @@ def main() -> None:
             model, train_ds, val_ds, run_dir, epochs=args.epochs,
             time_budget_minutes=args.minutes, patience=12,
             val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
+            schedule=args.schedule,
         )
         train_seconds = time.monotonic() - train_started
     plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")

@@ -228,3 +228,22 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["replicas"] == 2
     assert np.isfinite(result["loss"])
+
+
+def test_cosine_decay_follows_half_a_cosine_over_the_epochs():
+    from helpers.training import CosineDecay
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rates = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    x = np.zeros((8, 2), np.float32)
+    model.fit(x, x[:, :1], batch_size=8, epochs=4, verbose=0, callbacks=[CosineDecay(4, final_fraction=0.0), Record()])
+    # One batch per epoch: progress 0, 1/4, 2/4, 3/4 at the batches' starts.
+    expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
