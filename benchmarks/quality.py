@@ -116,7 +116,8 @@ def main() -> None:
     }, indent=2))
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not False),
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items() if v is not False),
         "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
         "keras": keras.__version__, "helpers": helpers.__version__,
         "patients": split["split"].value_counts().to_dict(),

@@ -330,7 +330,9 @@ def export_model(source: str | Path, destination: str | Path) -> Path:
         The destination path.
     """
     trained = keras.models.load_model(source)
-    clean = keras.models.clone_model(trained)
+    # Rebuilt from its config, the model carries no optimizer (clone_model would
+    # keep the compiled one, tripling the file with Adam's moment estimates).
+    clean = keras.Model.from_config(trained.get_config())
     clean.set_weights(trained.get_weights())
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -247,3 +247,18 @@ def test_cosine_decay_follows_half_a_cosine_over_the_epochs():
     # One batch per epoch: progress 0, 1/4, 2/4, 3/4 at the batches' starts.
     expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
     np.testing.assert_allclose(rates, expected, rtol=1e-5)
+
+
+def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
+    from helpers.model import build_resunet
+    from helpers.training import compile_model, export_model
+
+    model = compile_model(build_resunet((32, 32, 3), base_filters=16, depth=2))
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    model.fit(x, (x[..., :1] > 0.5).astype("float32"), epochs=1, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    export_model(tmp_path / "trained.keras", tmp_path / "clean.keras")
+    clean = keras.models.load_model(tmp_path / "clean.keras")
+    assert getattr(clean, "optimizer", None) is None
+    assert (tmp_path / "clean.keras").stat().st_size < 0.6 * (tmp_path / "trained.keras").stat().st_size
+    np.testing.assert_allclose(clean.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
