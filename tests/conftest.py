@@ -6,6 +6,7 @@ change files copies the dataset into its own ``tmp_path`` first.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,26 @@ def synthetic_arrays(synthetic_manifest) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images uint8 (72, 32, 32, 3) and masks uint8 (72, 32, 32), 0/1."""
     return load_arrays(synthetic_manifest, size=SYNTHETIC_SIZE, show_progress=False)
 
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """An untrained ResUNet (32x32 input, width 4, depth 2) saved as .keras, for inference tests."""
+    from helpers.model import build_resunet
+
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.keras"
+    build_resunet((32, 32, 3), base_filters=4, depth=2).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a TCP port on 127.0.0.1 that nothing listens on now."""
+    return _free_port

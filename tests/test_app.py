@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from helpers import app as web_app
-from helpers.model import build_resunet
 
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_model_path):
     folder = tmp_path_factory.mktemp("app")
-    model_path = folder / "tiny.keras"
-    build_resunet((32, 32, 3), base_filters=4, depth=2).save(model_path)
+    model_path = tiny_model_path
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(folder / "slice.png")
     (folder / "notes.png").write_text("not an image")
@@ -38,7 +28,7 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(files):
+def client(files, free_port):
     demo = web_app.build_app(files["model"], examples=[files["slice"]], max_upload_mb=1)
     _, url, _ = web_app.launch_app(demo, port=free_port(), max_upload_mb=1, prevent_thread_lock=True, quiet=True)
     try:

@@ -8,7 +8,6 @@ given both binaries, so it never tries to download a driver.
 from __future__ import annotations
 
 import shutil
-import socket
 import urllib.request
 from io import BytesIO
 from pathlib import Path
@@ -34,23 +33,13 @@ from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from helpers import app as web_app  # noqa: E402
-from helpers.model import build_resunet  # noqa: E402
 
 HEIGHT, WIDTH = 24, 40
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("browser_app")
-    model_path = folder / "tiny.keras"
-    build_resunet((32, 32, 3), base_filters=4, depth=2).save(model_path)
-    demo = web_app.build_app(model_path)
+def app_url(tiny_model_path, free_port):
+    demo = web_app.build_app(tiny_model_path)
     _, url, _ = web_app.launch_app(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield url
