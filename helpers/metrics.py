@@ -188,6 +188,9 @@ def summarize(slice_table: pd.DataFrame, patient_table: pd.DataFrame) -> dict[st
         "slice_false_negatives": int((with_tumour & ~predicted).sum()),
         "detection_sensitivity": detection["recall"],
         "detection_specificity": detection["specificity"],
+        "tumour_burden_pearson_r": float(np.corrcoef(patient_table["tumour_pixels"], patient_table["predicted_pixels"])[0, 1])
+        if len(patient_table) > 1 and patient_table["tumour_pixels"].std() > 0 and patient_table["predicted_pixels"].std() > 0
+        else float("nan"),
     }
     summary.update({f"pooled_{k}": v for k, v in pooled.items()})
     return summary

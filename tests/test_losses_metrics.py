@@ -236,3 +236,19 @@ def test_hausdorff95_matches_a_brute_force_distance():
     empty = np.zeros((8, 8), bool)
     assert np.isnan(hausdorff95(empty, truth[:8, :8]))
     assert hausdorff95(truth, truth) == 0.0
+
+
+def test_summary_reports_the_tumour_burden_correlation():
+    truth = np.zeros((3, 4, 4), np.uint8)
+    prediction = np.zeros((3, 4, 4), np.uint8)
+    truth[0, :1] = 1  # patient a: 4 true pixels, 4 predicted
+    prediction[0, :1] = 1
+    truth[1, :2] = 1  # patient b: 8 true pixels, 6 predicted
+    prediction[1, :1] = 1
+    prediction[1, 1, :2] = 1
+    truth[2, :3] = 1  # patient c: 12 true pixels, 12 predicted
+    prediction[2, 1:4] = 1
+    slices = metrics.per_slice_table(truth, prediction, ["a", "b", "c"])
+    summary = metrics.summarize(slices, metrics.per_patient_table(slices))
+    expected = np.corrcoef([4, 8, 12], [4, 6, 12])[0, 1]
+    assert summary["tumour_burden_pearson_r"] == pytest.approx(expected)
