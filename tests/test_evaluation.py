@@ -95,3 +95,17 @@ def test_missing_model_file_names_the_notebook_that_writes_it(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="04_training"):
         load_model(tmp_path / "model.keras")
+
+
+def test_images_of_another_size_are_resized_and_wrong_shapes_are_refused(tiny_model_path):
+    import keras
+
+    from helpers.evaluation import predict_probabilities
+
+    model = keras.models.load_model(tiny_model_path)
+    images = np.random.default_rng(0).integers(0, 255, (3, 48, 80, 3), dtype=np.uint8)
+    probabilities = predict_probabilities(model, images, batch_size=2, flip_tta=True)
+    assert probabilities.shape == (3, 48, 80)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        predict_probabilities(model, images[..., 0])
