@@ -933,18 +933,31 @@ def load_arrays(
     return images, masks
 
 
+def require_artifact(path: str | os.PathLike, notebook: str) -> Path:
+    """Return ``path`` if it exists, else say which notebook writes it.
+
+    Args:
+        path: a file a notebook hands over through the artifacts folder.
+        notebook: the notebook that writes it, e.g. ``"01_data_download"``.
+
+    Raises:
+        FileNotFoundError: naming the file and the notebook to run first.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run notebooks/{notebook}.ipynb first (with the same ARTIFACTS_DIR)."
+        )
+    return path
+
+
 def load_manifest(artifacts_dir: str | os.PathLike) -> pd.DataFrame:
     """Read ``ARTIFACTS_DIR/manifest.csv``, written by notebook 01.
 
     Raises:
         FileNotFoundError: naming the file and the notebook to run first.
     """
-    path = Path(artifacts_dir) / "manifest.csv"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: run notebooks/01_data_download.ipynb first "
-            "(with the same ARTIFACTS_DIR)."
-        )
+    path = require_artifact(Path(artifacts_dir) / "manifest.csv", "01_data_download")
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 

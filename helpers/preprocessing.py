@@ -318,13 +318,9 @@ def load_split(artifacts_dir) -> pd.DataFrame:
     """
     from pathlib import Path
 
-    path = Path(artifacts_dir) / "split.csv"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: run notebooks/02_preprocessing.ipynb first "
-            "(with the same ARTIFACTS_DIR)."
-        )
-    split = pd.read_csv(path)
+    from helpers.data import require_artifact
+
+    split = pd.read_csv(require_artifact(Path(artifacts_dir) / "split.csv", "02_preprocessing"))
     check_split_leakage(split)
     return split
 
