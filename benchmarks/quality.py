@@ -38,6 +38,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
+    parser.add_argument("--no-standardize", action="store_true",
+                        help="feed 0-1 intensities without the per-slice z-score layer")
+    parser.add_argument("--flair-only", type=float, default=preprocessing.FLAIR_ONLY_PROBABILITY,
+                        help="share of training slices shown as FLAIR only (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=20,
+                        help="epochs without a better validation Dice before stopping (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
@@ -65,17 +71,19 @@ def main() -> None:
         history = pd.read_csv(run_dir / "history.csv")
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
-        model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain)
+        model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
+                              standardize=not args.no_standardize)
         training.compile_model(model)
         train_images, train_masks, _ = small["train"]
         val_images, val_masks, val_rows = small["val"]
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
-                                              seed=args.seed, oversample_tumour=args.oversample)
+                                              seed=args.seed, oversample_tumour=args.oversample,
+                                              flair_only_probability=args.flair_only)
         val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
         train_started = time.monotonic()
         history = training.train(
             model, train_ds, val_ds, run_dir, epochs=args.epochs,
-            time_budget_minutes=args.minutes, patience=12,
+            time_budget_minutes=args.minutes, patience=args.patience,
             val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
             schedule=args.schedule,
         )

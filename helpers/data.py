@@ -882,55 +882,118 @@ def cache_key(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def available_memory_bytes() -> int:
+    """Memory the system can still hand out, in bytes (Linux; else 8 GiB)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def fits_in_memory(slices: int, size: int, share: float = 0.5) -> bool:
+    """Whether ``slices`` decoded slices of ``size`` x ``size`` (image and
+    mask, uint8) take less than ``share`` of the available memory."""
+    return slices * size * size * 4 < share * available_memory_bytes()
+
+
 def load_arrays(
     manifest: pd.DataFrame,
     size: int = 256,
     cache_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
+    in_memory: bool | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every slice of a manifest into two arrays, resized to ``size``.
 
     Images are resized with area interpolation, masks with nearest neighbour,
-    so masks stay binary. Decoded arrays are cached as ``.npy`` files under
-    ``cache_dir`` (never in the data folder), keyed by the files' paths,
-    sizes and times, so a second call reads them back in a second.
+    so masks stay binary. Slices are decoded by several threads at once
+    (OpenCV and tifffile release the interpreter lock). Decoded arrays are
+    cached as two ``.npy`` files in a folder under ``cache_dir`` (never in the
+    data folder), keyed by the files' paths, sizes and times, so a second
+    call reads them back in about a second.
+
+    When the arrays do not fit in memory, they are written straight to the
+    cache and returned memory-mapped: the training pipeline then streams
+    them from disk (``helpers.preprocessing.make_dataset``).
 
     Args:
         manifest: rows with ``image_path`` and ``mask_path``.
         size: output height and width in pixels.
         cache_dir: folder for the cache, ``None`` for no cache.
         show_progress: show a progress bar while decoding.
+        in_memory: ``True`` to load into memory, ``False`` to memory-map
+            from the cache, ``None`` to decide by ``fits_in_memory``.
+        workers: decoding threads; ``None`` for one per CPU core.
 
     Returns:
         images: uint8 array (N, size, size, 3), values 0-255.
         masks: uint8 array (N, size, size), values 0 and 1.
+        Both are ``np.memmap`` when not in memory.
+
+    Raises:
+        ValueError: if the arrays must be memory-mapped but there is no
+            ``cache_dir`` to hold them.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import cv2
 
+    if in_memory is None:
+        in_memory = fits_in_memory(len(manifest), size)
     paths = manifest["image_path"].tolist()
-    cache_file = None
+    folder = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"slices_{cache_key(paths, size)}.npz"
-        if cache_file.exists():
-            with np.load(cache_file) as cached:
-                return cached["images"], cached["masks"]
-    images = np.empty((len(manifest), size, size, 3), dtype=np.uint8)
-    masks = np.empty((len(manifest), size, size), dtype=np.uint8)
-    rows = zip(manifest["image_path"], manifest["mask_path"])
-    for index, (image_path, mask_path) in enumerate(
-        tqdm(rows, total=len(manifest), desc="Decoding slices", disable=not show_progress)
-    ):
+        folder = Path(cache_dir) / f"slices_{cache_key(paths, size)}"
+        if (folder / "masks.npy").exists():
+            mode = None if in_memory else "r"
+            return np.load(folder / "images.npy", mmap_mode=mode), np.load(folder / "masks.npy", mmap_mode=mode)
+    elif not in_memory:
+        raise ValueError(
+            f"{len(manifest)} slices at {size}x{size} do not fit in memory: give a cache_dir "
+            "(e.g. artifacts/cache) so they can be streamed from disk."
+        )
+    shapes = {"images": (len(manifest), size, size, 3), "masks": (len(manifest), size, size)}
+    if in_memory:
+        arrays = {name: np.empty(shape, dtype=np.uint8) for name, shape in shapes.items()}
+    else:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        arrays = {name: np.lib.format.open_memmap(temporary / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape)
+                  for name, shape in shapes.items()}
+    images, masks = arrays["images"], arrays["masks"]
+
+    def decode(index_and_paths):
+        index, image_path, mask_path = index_and_paths
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
             mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
         images[index], masks[index] = image, mask
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(".tmp.npz")
-        np.savez(temporary, images=images, masks=masks)
-        temporary.replace(cache_file)
-    return images, masks
+
+    jobs = zip(range(len(manifest)), manifest["image_path"], manifest["mask_path"])
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for _ in tqdm(pool.map(decode, jobs), total=len(manifest), desc="Decoding slices",
+                      disable=not show_progress):
+            pass
+    if folder is None:
+        return images, masks
+    if in_memory:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        np.save(temporary / "images.npy", images)
+        np.save(temporary / "masks.npy", masks)
+    else:
+        images.flush()
+        masks.flush()
+        del arrays, images, masks
+    try:
+        temporary.replace(folder)
+    except OSError:  # another process cached the same slices first
+        shutil.rmtree(temporary, ignore_errors=True)
+    if in_memory:
+        return images, masks
+    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
 
 
 def require_artifact(path: str | os.PathLike, notebook: str) -> Path:

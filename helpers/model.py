@@ -12,7 +12,61 @@ so it saves to ``.keras`` and loads with ``safe_mode=True``.
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+class SliceStandardization(layers.Layer):
+    """Z-score each channel of each slice over its foreground (the head).
+
+    MRI intensities have no fixed scale: the same tissue is bright in one
+    scanner's FLAIR and dim in another's, and the Kaggle PNGs keep those
+    differences. Standardising each slice, channel by channel, over the
+    pixels that are not background removes them (nnU-Net does the same,
+    per image, for MRI). It is per slice, not per patient volume, so a single
+    slice that a user brings is normalised exactly as in training. Living in
+    the model, it travels with the saved file.
+
+    Foreground is where the channel mean exceeds ``foreground_fraction`` of
+    the slice's brightest channel mean, so the layer works for inputs in
+    0-1 or 0-255 alike. An all-black slice has no foreground and gives
+    zeros, never NaN.
+
+    Args:
+        foreground_fraction: share of the slice maximum above which a pixel
+            is foreground.
+        epsilon: floor of the standard deviation.
+        clip: outputs are clipped to +-clip.
+
+    Input shape: float (B, H, W, C), any non-negative scale.
+    Output shape: float32 (B, H, W, C), about zero mean and unit variance
+    over the foreground, within +-clip.
+    """
+
+    def __init__(self, foreground_fraction: float = 0.05, epsilon: float = 1e-3,
+                 clip: float = 5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.foreground_fraction = foreground_fraction
+        self.epsilon = epsilon
+        self.clip = clip
+
+    def call(self, images):
+        images = ops.cast(images, "float32")
+        brightness = ops.mean(images, axis=-1, keepdims=True)
+        peak = ops.max(brightness, axis=(1, 2, 3), keepdims=True)
+        foreground = ops.cast(brightness > self.foreground_fraction * peak, "float32")
+        count = ops.maximum(ops.sum(foreground, axis=(1, 2), keepdims=True), 1.0)
+        mean = ops.sum(images * foreground, axis=(1, 2), keepdims=True) / count
+        variance = ops.sum(ops.square(images - mean) * foreground, axis=(1, 2), keepdims=True) / count
+        scale = ops.maximum(ops.sqrt(variance), self.epsilon * ops.maximum(peak, 1e-6))
+        return ops.clip((images - mean) / scale, -self.clip, self.clip)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "foreground_fraction": self.foreground_fraction,
+                "epsilon": self.epsilon, "clip": self.clip}
 
 
 def residual_unit(
@@ -62,6 +116,7 @@ def build_resunet(
     dropout: float = 0.0,
     num_classes: int = 1,
     residual: bool = True,
+    standardize: bool = True,
     name: str = "resunet",
 ) -> keras.Model:
     """Build the ResUNet (or a plain U-Net with ``residual=False``).
@@ -76,6 +131,9 @@ def build_resunet(
         num_classes: 1 gives a sigmoid mask (B, H, W, 1); more give a softmax
             over classes (B, H, W, num_classes), class 0 being background.
         residual: use residual units; False gives plain U-Net blocks.
+        standardize: start with ``SliceStandardization`` (per-slice,
+            per-channel z-score over the head); False feeds the 0-1 input
+            as it is.
         name: the model's name.
 
     Returns:
@@ -92,7 +150,8 @@ def build_resunet(
             f"Input size {height}x{width} must be divisible by 2**depth = {2**depth}."
         )
     inputs = keras.Input(shape=input_shape, name="image")
-    x = residual_unit(inputs, base_filters, first=True, residual=residual, name="enc0")
+    x = SliceStandardization(name="standardize")(inputs) if standardize else inputs
+    x = residual_unit(x, base_filters, first=True, residual=residual, name="enc0")
     skips = [x]
     for level in range(1, depth + 1):
         if level == depth and dropout:

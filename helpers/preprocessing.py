@@ -8,8 +8,6 @@ training and inference identical; an all-black slice stays finite (zeros).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -137,6 +135,13 @@ def kfold_patients(manifest: pd.DataFrame, folds: int = 5, seed: int = 42) -> pd
     return patients[["patient", "institution", "fold"]].sort_values("patient").reset_index(drop=True)
 
 
+FLAIR_ONLY_PROBABILITY = 0.1
+"""Share of training slices shown as FLAIR only (see ``augment_batch``)."""
+
+ROTATE_ZOOM_PROBABILITY = 1.0
+"""Share of training slices rotated and zoomed (see ``augment_batch``)."""
+
+
 def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     """Scale uint8 slices to float32 in [0, 1].
 
@@ -149,75 +154,130 @@ def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def random_affine(
-    batch_size: int | tf.Tensor,
-    size: int,
+def _warp(array: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Warp (H, W, C) by a 2x3 affine matrix: bilinear, zero outside."""
+    import cv2
+
+    height, width = array.shape[:2]
+    # OpenCV warps up to 4 channels at a time.
+    parts = [cv2.warpAffine(np.ascontiguousarray(array[..., k:k + 4]), matrix, (width, height),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+             for k in range(0, array.shape[-1], 4)]
+    return np.concatenate([part.reshape(height, width, -1) for part in parts], axis=-1)
+
+
+def augment_arrays(
+    images: np.ndarray,
+    masks: np.ndarray,
+    seed,
+    flair_only_probability: float = FLAIR_ONLY_PROBABILITY,
+    rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     max_rotation_degrees: float = 15.0,
     zoom_range: tuple[float, float] = (0.9, 1.1),
-    seed: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """Random rotation, zoom and horizontal flip as projective transforms.
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy and OpenCV version of ``augment_batch`` (the same arguments).
+
+    Each slice is warped once by OpenCV's ``warpAffine`` (bilinear,
+    zero fill), whose vectorised kernels keep a 2-core machine ahead of a
+    GPU; a slice that is only flipped is reversed instead. The mask is
+    warped on a 0-255 (or 0-1) scale and thresholded at half of it.
 
     Args:
-        batch_size: number of transforms.
-        size: image height and width (the rotation centre is the middle).
-        max_rotation_degrees: rotations are drawn from +-this angle.
-        zoom_range: scale factors drawn uniformly from this range (>1 zooms in).
-        seed: a stateless seed, shape (2,), int.
+        seed: two integers; the same seed gives the same output.
 
     Returns:
-        float32 tensor (batch_size, 8): transforms mapping output to input
-        coordinates, as ``keras.ops.image.affine_transform`` expects.
+        New arrays of the inputs' shapes and dtypes.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 3) if seed is not None else [None] * 3
+    import cv2
 
-    def uniform(low, high, s):
-        if s is None:
-            return tf.random.uniform([batch_size], low, high)
-        return tf.random.stateless_uniform([batch_size], s, low, high)
-
-    angle = uniform(-max_rotation_degrees, max_rotation_degrees, seeds[0]) * math.pi / 180.0
-    zoom = uniform(zoom_range[0], zoom_range[1], seeds[1])
-    flip = tf.where(uniform(0.0, 1.0, seeds[2]) < 0.5, -1.0, 1.0)
-    centre = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    # Output pixel (x, y) samples input at A @ ([x, y] - c) + c, where A rotates,
-    # scales by 1/zoom, and flips x.
-    a0, a1 = cos * flip, -sin
-    b0, b1 = sin * flip, cos
-    a2 = centre - a0 * centre - a1 * centre
-    b2 = centre - b0 * centre - b1 * centre
-    zeros = tf.zeros_like(angle)
-    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(seed)])
+    count, height, width, channels = images.shape
+    flip = rng.random(count) < 0.5
+    grey = rng.random(count) < flair_only_probability
+    warp = rng.random(count) < rotate_zoom_probability
+    angle = rng.uniform(-max_rotation_degrees, max_rotation_degrees, count)
+    zoom = rng.uniform(zoom_range[0], zoom_range[1], count)
+    top = 255 if images.dtype == np.uint8 else 1
+    mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    out_images = np.empty_like(images)
+    out_masks = np.empty_like(masks)
+    for i in range(count):
+        image, mask = images[i], masks[i, ..., 0]
+        if grey[i] and channels == 3:
+            image = np.repeat(image[..., 1:2], 3, axis=-1)
+        if warp[i]:
+            matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), float(angle[i]), float(zoom[i]))
+            if flip[i]:
+                matrix = matrix @ mirror
+            # Image and mask as one array, so one warp moves both.
+            stacked = np.concatenate([image.reshape(height, width, channels),
+                                      (mask * top).astype(images.dtype)[..., None]], axis=-1)
+            moved = _warp(stacked, matrix)
+            image, mask = moved[..., :channels], moved[..., channels] > top / 2
+        elif flip[i]:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        out_images[i] = image.reshape(height, width, channels)
+        out_masks[i, ..., 0] = mask
+    return out_images, out_masks
 
 
 def augment_batch(
-    images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor | None = None
+    images,
+    masks,
+    seed=None,
+    flair_only_probability: float = FLAIR_ONLY_PROBABILITY,
+    rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
+    max_rotation_degrees: float = 15.0,
+    zoom_range: tuple[float, float] = (0.9, 1.1),
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply one random rotation, zoom and flip to each image and its mask.
+    """Randomly flip, rotate and zoom each image together with its mask.
 
-    Image and mask are transformed together, as one tensor, so they stay
-    aligned; the mask is interpolated bilinearly and thresholded at 0.5, so
-    it stays binary.
+    Every slice is flipped left-right with probability 0.5. A share
+    ``rotate_zoom_probability`` of the slices is also rotated (within
+    +-``max_rotation_degrees``) and zoomed (by a factor within
+    ``zoom_range``, >1 zooming in) about its centre, by one bilinear warp.
+    Image and mask get the same transform, so they stay aligned; the mask is
+    thresholded afterwards, so it stays binary.
+
+    Some patients of the dataset lack the pre- and post-contrast scans: their
+    PNGs repeat FLAIR in all three channels (grey images). To learn those
+    too, a share of the training slices has its three channels replaced by
+    FLAIR (the middle channel) first.
+
+    Works on uint8 slices (0-255, what the training pipeline passes, as it
+    is cheapest) and on float slices (0-1) alike; runs as a TensorFlow op
+    (``augment_arrays`` inside ``tf.numpy_function``), so tf.data can run it
+    on several batches at once.
 
     Args:
-        images: float32 (B, H, W, C), values 0-1.
-        masks: float32 (B, H, W, 1), values 0 and 1.
-        seed: a stateless seed, shape (2,), int; ``None`` for random.
+        images: uint8 (B, H, W, C) 0-255, or float32 (B, H, W, C) 0-1.
+        masks: (B, H, W, 1), values 0 and 1, uint8 or float32.
+        seed: two integers (a stateless seed); ``None`` for random.
+        flair_only_probability: share of three-channel slices turned into
+            FLAIR-only (grey) slices; 0 for none.
+        rotate_zoom_probability: share of slices rotated and zoomed.
+        max_rotation_degrees: rotations are drawn from +-this angle.
+        zoom_range: scale factors drawn uniformly from this range.
 
     Returns:
-        The transformed images (B, H, W, C) and masks (B, H, W, 1), masks 0/1.
+        images of the input's dtype (B, H, W, C) and masks of the masks'
+        dtype (B, H, W, 1), values 0 and 1.
     """
-    import keras
+    images = tf.convert_to_tensor(images)
+    masks = tf.convert_to_tensor(masks)
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
 
-    size = images.shape[1]
-    channels = images.shape[-1]
-    stacked = tf.concat([images, masks], axis=-1)
-    transform = random_affine(tf.shape(images)[0], size, seed=seed)
-    moved = keras.ops.image.affine_transform(
-        stacked, transform, interpolation="bilinear", fill_mode="constant"
+    def run(batch_images, batch_masks, batch_seed):
+        return augment_arrays(batch_images, batch_masks, batch_seed, flair_only_probability,
+                              rotate_zoom_probability, max_rotation_degrees, zoom_range)
+
+    moved_images, moved_masks = tf.numpy_function(
+        run, [images, masks, tf.cast(seed, tf.int64)], [images.dtype, masks.dtype], stateful=False
     )
-    return moved[..., :channels], tf.cast(moved[..., channels:] > 0.5, tf.float32)
+    moved_images.set_shape(images.shape)
+    moved_masks.set_shape(masks.shape)
+    return moved_images, moved_masks
 
 
 def make_dataset(
@@ -228,22 +288,33 @@ def make_dataset(
     augment: bool = True,
     seed: int = 42,
     oversample_tumour: float = 0.0,
+    flair_only_probability: float = FLAIR_ONLY_PROBABILITY,
+    rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
 ) -> tf.data.Dataset:
-    """Build the tf.data pipeline over decoded slices held in memory.
+    """Build the tf.data pipeline over decoded uint8 slices.
 
     Training pipelines shuffle every epoch, optionally oversample slices with
-    tumour, normalise, augment on the fly (whole batches at once) and
-    prefetch. Evaluation pipelines only normalise, batch and prefetch.
+    tumour, augment on the fly (whole batches at once, still in uint8, the
+    cheapest form) and prefetch. Evaluation pipelines only batch and
+    prefetch. Both normalise last, in parallel.
+
+    Slices held in memory are gathered from one tensor. Memory-mapped slices
+    (``np.memmap``, from ``helpers.data.load_arrays`` when they do not fit in
+    memory) are streamed from disk batch by batch instead.
 
     Args:
-        images: uint8 array (N, H, W, 3), values 0-255.
-        masks: uint8 array (N, H, W), values 0 and 1.
+        images: uint8 array (N, H, W, 3), values 0-255, in memory or mapped.
+        masks: uint8 array (N, H, W), values 0 and 1, in memory or mapped.
         batch_size: slices per batch.
         training: shuffle, repeat-free epochs, and augment.
         augment: apply augmentation when ``training``.
         seed: seed of shuffling and augmentation.
         oversample_tumour: when > 0, each tumour slice is included
             ``1 + oversample_tumour`` times per epoch on average.
+        flair_only_probability: share of training slices shown as FLAIR
+            only (see ``augment_batch``).
+        rotate_zoom_probability: share of training slices rotated and
+            zoomed (all are flipped at random).
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
@@ -251,7 +322,12 @@ def make_dataset(
     """
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
-        tumour = indices[masks.reshape(len(masks), -1).max(axis=1) > 0]
+        # In chunks, so that memory-mapped masks are never read whole into memory.
+        has_tumour = np.zeros(len(masks), dtype=bool)
+        for start in range(0, len(masks), 256):
+            chunk = np.asarray(masks[start:start + 256])
+            has_tumour[start:start + len(chunk)] = chunk.reshape(len(chunk), -1).max(axis=1) > 0
+        tumour = indices[has_tumour]
         extra = np.random.default_rng(seed).choice(
             tumour, size=int(round(len(tumour) * oversample_tumour)), replace=True
         )
@@ -259,21 +335,35 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(indices)
     if training:
         dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    images_tensor = tf.constant(images)
-    masks_tensor = tf.constant(masks)
 
-    def gather(batch_indices):
-        batch_images = normalize(tf.gather(images_tensor, batch_indices))
-        batch_masks = tf.cast(tf.gather(masks_tensor, batch_indices), tf.float32)[..., None]
-        return batch_images, batch_masks
+    if isinstance(images, np.memmap) or isinstance(masks, np.memmap):
+        def read(batch_indices):
+            order = np.sort(batch_indices)  # reads in file order; order within a batch does not matter
+            return np.asarray(images[order]), np.asarray(masks[order])
+
+        def gather(batch_indices):
+            batch_images, batch_masks = tf.numpy_function(read, [batch_indices], [tf.uint8, tf.uint8])
+            batch_images.set_shape((None, *images.shape[1:]))
+            batch_masks.set_shape((None, *masks.shape[1:]))
+            return batch_images, batch_masks[..., None]
+    else:
+        images_tensor = tf.constant(images)
+        masks_tensor = tf.constant(masks)
+
+        def gather(batch_indices):
+            return tf.gather(images_tensor, batch_indices), tf.gather(masks_tensor, batch_indices)[..., None]
 
     dataset = dataset.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
         counter = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, counter)).map(
-            lambda pair, s: augment_batch(pair[0], pair[1], seed=tf.cast(s, tf.int32)),
+            lambda pair, s: augment_batch(pair[0], pair[1], seed=tf.cast(s, tf.int32),
+                                          flair_only_probability=flair_only_probability,
+                                          rotate_zoom_probability=rotate_zoom_probability),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    dataset = dataset.map(lambda image, mask: (normalize(image), tf.cast(mask, tf.float32)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -292,7 +292,7 @@ def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synth
     assert np.abs(images[0] - block_mean).max() <= 1.0
 
     written = list(cache.iterdir())
-    assert len(written) == 1 and written[0].suffix == ".npz"
+    assert len(written) == 1 and sorted(f.name for f in written[0].iterdir()) == ["images.npy", "masks.npy"]
     assert sorted(p.relative_to(synthetic_root) for p in synthetic_root.rglob("*")) == before
 
     def no_decoding(path):
@@ -302,6 +302,28 @@ def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synth
     images_again, masks_again = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
     np.testing.assert_array_equal(images_again, images)
     np.testing.assert_array_equal(masks_again, masks)
+
+
+def test_load_arrays_streams_from_disk_when_asked(synthetic_manifest, synthetic_arrays, tmp_path):
+    images, masks = synthetic_arrays
+    mapped_images, mapped_masks = load_arrays(synthetic_manifest, size=images.shape[1], cache_dir=tmp_path,
+                                              show_progress=False, in_memory=False)
+    assert isinstance(mapped_images, np.memmap) and isinstance(mapped_masks, np.memmap)
+    np.testing.assert_array_equal(mapped_images, images)
+    np.testing.assert_array_equal(mapped_masks, masks)
+    # A second call maps the same cache without decoding, and a call in memory reads it whole.
+    again, _ = load_arrays(synthetic_manifest, size=images.shape[1], cache_dir=tmp_path,
+                           show_progress=False, in_memory=False)
+    assert isinstance(again, np.memmap) and len(list(tmp_path.iterdir())) == 1
+    whole, _ = load_arrays(synthetic_manifest, size=images.shape[1], cache_dir=tmp_path, show_progress=False,
+                           in_memory=True)
+    assert not isinstance(whole, np.memmap)
+    np.testing.assert_array_equal(whole, images)
+
+
+def test_streaming_without_a_cache_folder_says_what_to_do(synthetic_manifest):
+    with pytest.raises(ValueError, match="cache_dir"):
+        load_arrays(synthetic_manifest, size=16, show_progress=False, in_memory=False)
 
 
 def test_read_errors_name_the_file(tmp_path):

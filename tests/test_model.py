@@ -106,3 +106,27 @@ def test_pretrained_encoder_variant_builds_without_weights_and_round_trips(tmp_p
     np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), output, atol=1e-6)
     with pytest.raises(ValueError, match="divisible by 32"):
         build_pretrained_resunet((48, 48, 3), encoder_weights=None)
+
+
+def test_slice_standardization_is_finite_scale_free_and_standard():
+    from helpers.model import SliceStandardization
+
+    rng = np.random.default_rng(0)
+    slices = np.zeros((3, 32, 32, 3), dtype=np.float32)
+    slices[1, 8:24, 8:24] = rng.uniform(40, 200, size=(16, 16, 3))  # a bright "head" on black
+    slices[2] = rng.uniform(0, 255, size=(32, 32, 3))
+    layer = SliceStandardization()
+    out = np.asarray(layer(slices))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], 0.0)  # an all-black slice gives zeros, not NaN
+    head = out[1, 8:24, 8:24]
+    np.testing.assert_allclose(head.mean(axis=(0, 1)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(head.std(axis=(0, 1)), 1.0, atol=1e-3)
+    # 0-1 and 0-255 inputs give the same output, so the layer does not care which it gets.
+    np.testing.assert_allclose(np.asarray(layer(slices / 255.0)), out, atol=1e-4)
+
+
+def test_resunet_starts_by_standardizing_unless_told_not_to():
+    assert build_resunet((32, 32, 3), 4, depth=2).get_layer("standardize") is not None
+    plain_input = build_resunet((32, 32, 3), 4, depth=2, standardize=False)
+    assert "standardize" not in [layer.name for layer in plain_input.layers]

@@ -125,31 +125,40 @@ X_BAND = (16, 40)  # mask is 1 for pixel columns 16..39
 Y_BAND = (20, 44)  # and rows 20..43
 
 
-def position_batch(batch: int = 6) -> tuple[tf.Tensor, tf.Tensor]:
+def position_batch(batch: int = 6, dtype=np.float32) -> tuple[tf.Tensor, tf.Tensor]:
     """Images whose pixels encode their own position, and a mask that is a function of it.
 
-    Channel 0 holds x / SIZE, channel 1 holds y / SIZE, channel 2 is 1 (so
-    the constant fill outside the moved image shows as 0 there).
+    Float images: channel 0 holds x / SIZE, channel 1 holds y / SIZE,
+    channel 2 is 1 (so the constant fill outside the moved image shows as 0
+    there). uint8 images hold 4x, 4y and 255, the same scaled to 0-255.
     """
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     image = np.stack([x / SIZE, y / SIZE, np.ones_like(x)], axis=-1)
-    mask = ((x >= X_BAND[0]) & (x < X_BAND[1]) & (y >= Y_BAND[0]) & (y < Y_BAND[1])).astype(np.float32)
+    mask = ((x >= X_BAND[0]) & (x < X_BAND[1]) & (y >= Y_BAND[0]) & (y < Y_BAND[1])).astype(dtype)
+    if dtype == np.uint8:
+        image = np.round(image * np.array([4 * SIZE, 4 * SIZE, 255])).astype(np.uint8)
     images = np.repeat(image[None], batch, axis=0)
     masks = np.repeat(mask[None, ..., None], batch, axis=0)
     return tf.constant(images), tf.constant(masks)
 
 
-def test_augmentation_moves_mask_with_image():
-    images, masks = position_batch()
-    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([7, 11]))
-    moved_images, moved_masks = moved_images.numpy(), moved_masks.numpy()[..., 0]
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_augmentation_moves_mask_with_image(dtype):
+    images, masks = position_batch(dtype=dtype)
+    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([7, 11]),
+                                              flair_only_probability=0.0)
+    assert moved_images.dtype == images.dtype and moved_masks.dtype == masks.dtype
+    moved_images, moved_masks = moved_images.numpy().astype(np.float64), moved_masks.numpy()[..., 0]
     assert moved_images.shape == images.shape and moved_masks.shape == masks.shape[:3]
-    assert set(np.unique(moved_masks).tolist()) <= {0.0, 1.0}
+    assert set(np.unique(moved_masks).tolist()) <= {0, 1}
 
     # Where the source pixel came from, read back from the moved image.
-    source_x = moved_images[..., 0] * SIZE
-    source_y = moved_images[..., 1] * SIZE
-    valid = moved_images[..., 2] > 0.999  # fully inside the source image
+    if dtype == np.uint8:
+        source_x, source_y = moved_images[..., 0] / 4, moved_images[..., 1] / 4
+        valid = moved_images[..., 2] >= 254  # fully inside the source image
+    else:
+        source_x, source_y = moved_images[..., 0] * SIZE, moved_images[..., 1] * SIZE
+        valid = moved_images[..., 2] > 0.999
     # Bilinear sampling of the 0/1 mask, thresholded at 0.5, is 1 within half a pixel of the band.
     expected = ((source_x > X_BAND[0] - 0.5) & (source_x < X_BAND[1] - 0.5)
                 & (source_y > Y_BAND[0] - 0.5) & (source_y < Y_BAND[1] - 0.5))
@@ -160,7 +169,7 @@ def test_augmentation_moves_mask_with_image():
     checked = valid & ~near_edge
     assert checked.sum() > 0.5 * checked.size
     assert (expected & checked).sum() > 0.1 * expected.size / 2  # the band is in view
-    np.testing.assert_array_equal(moved_masks[checked], expected[checked].astype(np.float32))
+    np.testing.assert_array_equal(moved_masks[checked], expected[checked].astype(moved_masks.dtype))
     # The boundary strip left out is thin: a few percent of the valid pixels.
     assert (valid & near_edge).sum() < 0.15 * valid.sum()
 
@@ -170,6 +179,34 @@ def test_augmentation_moves_mask_with_image():
     assert (displacement[valid] > 1.0).mean() > 0.2
     # Each image of the batch got its own transform.
     assert not np.allclose(moved_images[0], moved_images[1])
+
+
+def test_without_rotation_slices_are_only_flipped():
+    images, masks = position_batch(batch=16)
+    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([3, 4]),
+                                              flair_only_probability=0.0, rotate_zoom_probability=0.0)
+    flipped = 0
+    for image, mask, moved, moved_mask in zip(images.numpy(), masks.numpy(), moved_images.numpy(),
+                                              moved_masks.numpy(), strict=True):
+        if np.array_equal(moved, image[:, ::-1]):
+            flipped += 1
+            np.testing.assert_array_equal(moved_mask, mask[:, ::-1])
+        else:
+            np.testing.assert_array_equal(moved, image)
+            np.testing.assert_array_equal(moved_mask, mask)
+    assert 0 < flipped < 16
+
+
+def test_flair_only_slices_repeat_the_middle_channel():
+    images, masks = position_batch(batch=8, dtype=np.uint8)
+    grey, _ = augment_batch(images, masks, seed=tf.constant([5, 6]), flair_only_probability=1.0,
+                            rotate_zoom_probability=0.0)
+    grey = grey.numpy()
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
+    np.testing.assert_array_equal(grey[..., 2], grey[..., 1])
+    # The middle channel (y position) is kept, up to a flip.
+    for kept, original in zip(grey[..., 1], images.numpy()[..., 1], strict=True):
+        assert np.array_equal(kept, original) or np.array_equal(kept, original[:, ::-1])
 
 
 def test_augmentation_is_reproducible_with_a_stateless_seed():
@@ -215,6 +252,24 @@ def test_training_dataset_shapes_ranges_and_oversampling(synthetic_arrays):
             assert set(np.unique(batch_masks.numpy()).tolist()) <= {0.0, 1.0}
             count += batch_images.shape[0]
         assert count == expected_count
+
+
+def test_memory_mapped_slices_stream_the_same_batches(synthetic_arrays, tmp_path):
+    images, masks = synthetic_arrays
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "masks.npy", masks)
+    mapped_images = np.load(tmp_path / "images.npy", mmap_mode="r")
+    mapped_masks = np.load(tmp_path / "masks.npy", mmap_mode="r")
+    assert isinstance(mapped_images, np.memmap)
+    for expected, got in zip(make_dataset(images, masks, batch_size=4).as_numpy_iterator(),
+                             make_dataset(mapped_images, mapped_masks, batch_size=4).as_numpy_iterator(),
+                             strict=True):
+        np.testing.assert_array_equal(expected[0], got[0])
+        np.testing.assert_array_equal(expected[1], got[1])
+    streamed = make_dataset(mapped_images, mapped_masks, batch_size=4, training=True, seed=0,
+                            oversample_tumour=1.0)
+    in_memory = make_dataset(images, masks, batch_size=4, training=True, seed=0, oversample_tumour=1.0)
+    assert sum(len(b[0]) for b in streamed) == sum(len(b[0]) for b in in_memory) > len(images)
 
 
 def test_training_dataset_without_augmentation_holds_the_same_slices(synthetic_arrays):
