@@ -111,16 +111,34 @@ class PatientDice(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities = self.model.predict(
-            self.images.astype(np.float32) / 255.0, batch_size=self.batch_size, verbose=0
-        )[..., 0]
-        scores = []
-        for patient in np.unique(self.patients):
-            rows = self.patients == patient
-            counts = confusion_counts(self.masks[rows], probabilities[rows] > 0.5)
-            scores.append(scores_from_counts(*counts)["dice"])
         if logs is not None:
-            logs["val_patient_dice"] = float(np.mean(scores))
+            logs["val_patient_dice"] = patient_dice(self.model, self.images, self.masks, self.patients,
+                                                    self.batch_size)
+
+
+def patient_dice(model: keras.Model, images: np.ndarray, masks: np.ndarray, patients,
+                 batch_size: int = 32, threshold: float = 0.5) -> float:
+    """Mean over patients of the Dice of each patient's whole stack of slices.
+
+    Args:
+        model: a one-channel segmentation model taking (N, H, W, 3) in [0, 1].
+        images: uint8 (N, H, W, 3) slices at the model's input size.
+        masks: uint8 (N, H, W) masks, 0/1.
+        patients: the patient of each slice, length N.
+        batch_size: prediction batch size.
+        threshold: probability above which a pixel is tumour.
+
+    Returns:
+        The mean per-patient Dice, 0-1.
+    """
+    probabilities = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)[..., 0]
+    patients = np.asarray(patients)
+    scores = []
+    for patient in np.unique(patients):
+        rows = patients == patient
+        counts = confusion_counts(masks[rows], probabilities[rows] > threshold)
+        scores.append(scores_from_counts(*counts)["dice"])
+    return float(np.mean(scores))
 
 
 class TimeBudget(keras.callbacks.Callback):
