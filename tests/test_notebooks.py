@@ -43,6 +43,9 @@ SMALL = {
 }
 
 
+CELL_TIMEOUT_SECONDS = 300  # a cell that hangs fails the test instead of blocking the run
+
+
 def execute(name: str, output_dir: Path, parameters: dict) -> nbformat.NotebookNode:
     """Run one notebook; on failure, fail naming the notebook and the cell's error."""
     output = output_dir / name
@@ -50,6 +53,7 @@ def execute(name: str, output_dir: Path, parameters: dict) -> nbformat.NotebookN
         papermill.execute_notebook(
             str(NOTEBOOKS / name), str(output), parameters=parameters,
             cwd=str(output_dir), progress_bar=False, kernel_name="python3",
+            execution_timeout=CELL_TIMEOUT_SECONDS,
         )
     except papermill.PapermillExecutionError as error:
         pytest.fail(f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}", pytrace=False)
