@@ -39,7 +39,7 @@ SMALL = {
     "03_resunet_model.ipynb": {"INPUT_SIZE": 64, "BASE_FILTERS": 16},
     "04_training.ipynb": {"INPUT_SIZE": 64, "BASE_FILTERS": 16, "EPOCHS": 4, "BATCH_SIZE": 8,
                           "TIME_BUDGET_MINUTES": 0},
-    "05_evaluation.ipynb": {},
+    "05_evaluation.ipynb": {"SLIDER": False},
     "06_inference_app.ipynb": {},
 }
 
