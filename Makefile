@@ -13,7 +13,7 @@ RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
 DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
 
-.PHONY: install run demo test lint bench quality app clean-venv
+.PHONY: install run demo test lint bench quality compare app clean-venv
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench: install  ## input pipeline, manifest and inference speed, JSON under arti
 
 quality: install  ## train the CPU profile on real data and score held-out patients
 	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality
+
+compare: install  ## design choices at equal time (8 min each), scored on validation patients
+	$(BIN)/python benchmarks/compare.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/compare \
+	  --minutes 8 --variants residual plain no_standardize no_flair_only
 
 app: install  ## the Gradio app on http://127.0.0.1:7860
 	$(BIN)/python -m helpers.app
