@@ -954,14 +954,15 @@ def load_arrays(
             "(e.g. artifacts/cache) so they can be streamed from disk."
         )
     shapes = {"images": (len(manifest), size, size, 3), "masks": (len(manifest), size, size)}
-    if in_memory:
-        arrays = {name: np.empty(shape, dtype=np.uint8) for name, shape in shapes.items()}
-    else:
+    temporary = None
+    if folder is not None:  # written under a temporary name, renamed when complete
         folder.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        arrays = {name: np.lib.format.open_memmap(temporary / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape)
-                  for name, shape in shapes.items()}
-    images, masks = arrays["images"], arrays["masks"]
+    if in_memory:
+        images, masks = (np.empty(shape, dtype=np.uint8) for shape in shapes.values())
+    else:
+        images, masks = (np.lib.format.open_memmap(temporary / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape)
+                         for name, shape in shapes.items())
 
     def decode(index_and_paths):
         index, image_path, mask_path = index_and_paths
@@ -976,17 +977,14 @@ def load_arrays(
         for _ in tqdm(pool.map(decode, jobs), total=len(manifest), desc="Decoding slices",
                       disable=not show_progress):
             pass
-    if folder is None:
+    if temporary is None:
         return images, masks
     if in_memory:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
         np.save(temporary / "images.npy", images)
         np.save(temporary / "masks.npy", masks)
     else:
         images.flush()
         masks.flush()
-        del arrays, images, masks
     try:
         temporary.replace(folder)
     except OSError:  # another process cached the same slices first

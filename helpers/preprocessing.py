@@ -1,9 +1,10 @@
 """Patient-level splits, normalisation, augmentation and the tf.data pipeline.
 
-Normalisation is per slice and linear: ``image / 255``. The slices of this
-dataset are already uint8 with a shared 0-255 range, and a user's PNG or
-JPEG is a single slice with no volume around it, so a fixed scaling keeps
-training and inference identical; an all-black slice stays finite (zeros).
+The pipeline scales each slice linearly, ``image / 255``; the model's first
+layer (``helpers.model.SliceStandardization``) then z-scores each channel of
+each slice over the head. Both are per slice, because a user's PNG or JPEG
+is a single slice with no volume around it, so training and inference see
+the same thing; an all-black slice stays finite (zeros).
 """
 
 from __future__ import annotations
