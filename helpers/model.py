@@ -27,14 +27,20 @@ class SliceStandardization(layers.Layer):
     slice that a user brings is normalised exactly as in training. Living in
     the model, it travels with the saved file.
 
-    Foreground is where the channel mean exceeds ``foreground_fraction`` of
-    the slice's brightest channel mean, so the layer works for inputs in
-    0-1 or 0-255 alike. An all-black slice has no foreground and gives
-    zeros, never NaN.
+    Foreground is where the FLAIR channel exceeds ``foreground_fraction`` of
+    its brightest pixel, so the layer works for inputs in 0-1 or 0-255
+    alike. It is read from FLAIR alone because some institutions' PNGs have
+    a grey, not black, background in another channel (the pre-contrast
+    channel of TCGA_FG_7637 sits at about 103 of 255 outside the head): a
+    mask from all channels would then cover the whole slice. An all-black
+    slice has no foreground and gives zeros, never NaN.
 
     Args:
         foreground_fraction: share of the slice maximum above which a pixel
             is foreground.
+        foreground_channel: channel that defines the foreground (1, the
+            FLAIR channel of the dataset's PNGs; for a grey image every
+            channel is the same); ``None`` uses the mean of all channels.
         epsilon: floor of the standard deviation.
         clip: outputs are clipped to +-clip.
 
@@ -44,15 +50,20 @@ class SliceStandardization(layers.Layer):
     """
 
     def __init__(self, foreground_fraction: float = 0.05, epsilon: float = 1e-3,
-                 clip: float = 5.0, **kwargs):
+                 clip: float = 5.0, foreground_channel: int | None = 1, **kwargs):
         super().__init__(**kwargs)
         self.foreground_fraction = foreground_fraction
+        self.foreground_channel = foreground_channel
         self.epsilon = epsilon
         self.clip = clip
 
     def call(self, images):
         images = ops.cast(images, "float32")
-        brightness = ops.mean(images, axis=-1, keepdims=True)
+        if self.foreground_channel is None or images.shape[-1] <= self.foreground_channel:
+            brightness = ops.mean(images, axis=-1, keepdims=True)
+        else:
+            channel = self.foreground_channel
+            brightness = images[..., channel:channel + 1]
         peak = ops.max(brightness, axis=(1, 2, 3), keepdims=True)
         foreground = ops.cast(brightness > self.foreground_fraction * peak, "float32")
         count = ops.maximum(ops.sum(foreground, axis=(1, 2), keepdims=True), 1.0)
@@ -66,7 +77,8 @@ class SliceStandardization(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "foreground_fraction": self.foreground_fraction,
-                "epsilon": self.epsilon, "clip": self.clip}
+                "epsilon": self.epsilon, "clip": self.clip,
+                "foreground_channel": self.foreground_channel}
 
 
 def residual_unit(

@@ -126,6 +126,25 @@ def test_slice_standardization_is_finite_scale_free_and_standard():
     np.testing.assert_allclose(np.asarray(layer(slices / 255.0)), out, atol=1e-4)
 
 
+def test_slice_standardization_finds_the_head_when_another_channel_has_a_grey_background():
+    from helpers.model import SliceStandardization
+
+    # As in TCGA_FG_7637: FLAIR on black, the pre-contrast channel grey (about 103) everywhere.
+    rng = np.random.default_rng(1)
+    image = np.zeros((1, 32, 32, 3), dtype=np.float32)
+    image[..., 0] = 103.0
+    image[0, 8:24, 8:24] = rng.uniform(60, 200, size=(16, 16, 3))
+    head = np.zeros((32, 32), dtype=bool)
+    head[8:24, 8:24] = True
+    out = np.asarray(SliceStandardization()(image))[0]
+    np.testing.assert_allclose(out[head].mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out[head].std(axis=0), 1.0, atol=1e-3)
+    # The old rule (mean of the channels) took the whole slice for the head, so FLAIR's
+    # statistics were diluted by the background and the head's values were no longer standard.
+    diluted = np.asarray(SliceStandardization(foreground_channel=None)(image))[0]
+    assert abs(diluted[head][:, 1].std() - 1.0) > 0.2
+
+
 def test_resunet_starts_by_standardizing_unless_told_not_to():
     assert build_resunet((32, 32, 3), 4, depth=2).get_layer("standardize") is not None
     plain_input = build_resunet((32, 32, 3), 4, depth=2, standardize=False)
