@@ -155,18 +155,6 @@ def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _warp(array: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Warp (H, W, C) by a 2x3 affine matrix: bilinear, zero outside."""
-    import cv2
-
-    height, width = array.shape[:2]
-    # OpenCV warps up to 4 channels at a time.
-    parts = [cv2.warpAffine(np.ascontiguousarray(array[..., k:k + 4]), matrix, (width, height),
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-             for k in range(0, array.shape[-1], 4)]
-    return np.concatenate([part.reshape(height, width, -1) for part in parts], axis=-1)
-
-
 def augment_arrays(
     images: np.ndarray,
     masks: np.ndarray,
@@ -178,10 +166,12 @@ def augment_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """NumPy and OpenCV version of ``augment_batch`` (the same arguments).
 
-    Each slice is warped once by OpenCV's ``warpAffine`` (bilinear,
-    zero fill), whose vectorised kernels keep a 2-core machine ahead of a
-    GPU; a slice that is only flipped is reversed instead. The mask is
-    warped on a 0-255 (or 0-1) scale and thresholded at half of it.
+    Each slice is warped by OpenCV's ``warpAffine`` (bilinear, zero fill)
+    straight into the output array, whose vectorised kernels keep a 2-core
+    machine ahead of a GPU; a slice that is only flipped is mirrored by
+    ``cv2.flip``. The mask gets the same matrix: a uint8 0/1 mask comes out
+    of the bilinear warp rounded, which is a threshold at one half; a float
+    mask is thresholded at one half explicitly.
 
     Args:
         seed: two integers; the same seed gives the same output.
@@ -198,7 +188,6 @@ def augment_arrays(
     warp = rng.random(count) < rotate_zoom_probability
     angle = rng.uniform(-max_rotation_degrees, max_rotation_degrees, count)
     zoom = rng.uniform(zoom_range[0], zoom_range[1], count)
-    top = 255 if images.dtype == np.uint8 else 1
     mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     out_images = np.empty_like(images)
     out_masks = np.empty_like(masks)
@@ -206,19 +195,24 @@ def augment_arrays(
         image, mask = images[i], masks[i, ..., 0]
         if grey[i] and channels == 3:
             image = np.repeat(image[..., 1:2], 3, axis=-1)
+        # OpenCV drops a trailing channel axis of 1; these views keep the output's.
+        image_out = out_images[i] if channels > 1 else out_images[i, ..., 0]
+        image_in = image if channels > 1 else image[..., 0]
         if warp[i]:
             matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), float(angle[i]), float(zoom[i]))
             if flip[i]:
                 matrix = matrix @ mirror
-            # Image and mask as one array, so one warp moves both.
-            stacked = np.concatenate([image.reshape(height, width, channels),
-                                      (mask * top).astype(images.dtype)[..., None]], axis=-1)
-            moved = _warp(stacked, matrix)
-            image, mask = moved[..., :channels], moved[..., channels] > top / 2
+            for source, target in ((image_in, image_out), (mask, out_masks[i, ..., 0])):
+                cv2.warpAffine(np.ascontiguousarray(source), matrix, (width, height), dst=target,
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            if masks.dtype != np.uint8:
+                out_masks[i] = out_masks[i] > 0.5
         elif flip[i]:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        out_images[i] = image.reshape(height, width, channels)
-        out_masks[i, ..., 0] = mask
+            cv2.flip(np.ascontiguousarray(image_in), 1, dst=image_out)
+            cv2.flip(np.ascontiguousarray(mask), 1, dst=out_masks[i, ..., 0])
+        else:
+            out_images[i] = image.reshape(height, width, channels)
+            out_masks[i] = masks[i]
     return out_images, out_masks
 
 
