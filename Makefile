@@ -31,7 +31,7 @@ run: install  ## run notebooks 01-05 with papermill into runs/<time>/
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  $(BIN)/papermill --log-output notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb \
-	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) -p SLIDER False $(DATA_PARAMETER) $(EXTRA) \
+	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) $$([ $$nb = 05_evaluation ] && echo -p SLIDER False) $(DATA_PARAMETER) $(EXTRA) \
 	    | grep -v -E '^(I0000|W0000|E0000)' || true; \
 	  test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
 	    || { echo "$$nb failed: see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \

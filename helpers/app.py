@@ -141,7 +141,8 @@ def launch_app(app: gr.Blocks, port: int | None = None, share: bool = False, max
                       show_error=True, **launch_options)
 
 
-def upload_widget(model_path: str | os.PathLike | None = None, threshold: float = 0.5):
+def upload_widget(model_path: str | os.PathLike | None = None, threshold: float | None = None,
+                  min_component_pixels: int | None = None):
     """A notebook widget: upload images, see image, mask and overlay.
 
     Where widgets cannot show (a headless run, a static viewer) the cell
@@ -149,7 +150,10 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
 
     Args:
         model_path: a saved ``.keras`` model; ``None`` for the shipped one.
-        threshold: probability threshold, 0-1.
+        threshold: probability threshold, 0-1; ``None`` for the value
+            recorded beside the model (``inference.recommended_settings``).
+        min_component_pixels: smallest predicted region kept; ``None`` for
+            the recorded value.
 
     Returns:
         An ipywidgets box to display.
@@ -159,6 +163,9 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
     from IPython.display import display
 
     model = inference.load_default_model(model_path)
+    settings = inference.recommended_settings(model_path)
+    threshold = settings["threshold"] if threshold is None else threshold
+    min_component_pixels = settings["min_component_pixels"] if min_component_pixels is None else min_component_pixels
     if "google.colab" in sys.modules:
         # Colab shows ipywidgets 8 only through its custom widget manager.
         from google.colab import output as colab_output
@@ -184,7 +191,7 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
                 except inference.ImageLoadError as error:
                     print(error)
                     continue
-                result = inference.segment(model, image, threshold)
+                result = inference.segment(model, image, threshold, min_component_pixels)
                 figure = inference.segmentation_figure([image], [result], [item["name"]])
                 display(figure)
                 plt.close(figure)

@@ -32,17 +32,23 @@ class SliceStandardization(layers.Layer):
     alike. It is read from FLAIR alone because some institutions' PNGs have
     a grey, not black, background in another channel (the pre-contrast
     channel of TCGA_FG_7637 sits at about 103 of 255 outside the head): a
-    mask from all channels would then cover the whole slice. An all-black
-    slice has no foreground and gives zeros, never NaN.
+    mask from all channels would then cover the whole slice. A slice with
+    no foreground (all black) gives zeros, never NaN.
 
     Args:
         foreground_fraction: share of the slice maximum above which a pixel
             is foreground.
         foreground_channel: channel that defines the foreground (1, the
-            FLAIR channel of the dataset's PNGs; for a grey image every
-            channel is the same); ``None`` uses the mean of all channels.
+            FLAIR channel of the dataset's PNGs, is what ``build_resunet``
+            passes; a one-channel input uses its only channel); ``None``,
+            the default, uses the mean of all channels, as models saved
+            before this option did.
         epsilon: floor of the standard deviation.
         clip: outputs are clipped to +-clip.
+
+    Raises:
+        ValueError: if ``foreground_channel`` is negative, or not below the
+            number of channels of a multi-channel input.
 
     Input shape: float (B, H, W, C), any non-negative scale.
     Output shape: float32 (B, H, W, C), about zero mean and unit variance
@@ -50,8 +56,10 @@ class SliceStandardization(layers.Layer):
     """
 
     def __init__(self, foreground_fraction: float = 0.05, epsilon: float = 1e-3,
-                 clip: float = 5.0, foreground_channel: int | None = 1, **kwargs):
+                 clip: float = 5.0, foreground_channel: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if foreground_channel is not None and int(foreground_channel) < 0:
+            raise ValueError(f"foreground_channel must be None or a channel index >= 0, not {foreground_channel}.")
         self.foreground_fraction = foreground_fraction
         self.foreground_channel = foreground_channel
         self.epsilon = epsilon
@@ -59,18 +67,25 @@ class SliceStandardization(layers.Layer):
 
     def call(self, images):
         images = ops.cast(images, "float32")
-        if self.foreground_channel is None or images.shape[-1] <= self.foreground_channel:
+        channels = images.shape[-1]
+        channel = self.foreground_channel
+        if channel is None or channels == 1:
             brightness = ops.mean(images, axis=-1, keepdims=True)
+        elif channels is not None and channel >= channels:
+            raise ValueError(f"foreground_channel {channel} does not exist in an input of {channels} channels.")
         else:
-            channel = self.foreground_channel
             brightness = images[..., channel:channel + 1]
         peak = ops.max(brightness, axis=(1, 2, 3), keepdims=True)
         foreground = ops.cast(brightness > self.foreground_fraction * peak, "float32")
-        count = ops.maximum(ops.sum(foreground, axis=(1, 2), keepdims=True), 1.0)
+        pixels = ops.sum(foreground, axis=(1, 2), keepdims=True)
+        count = ops.maximum(pixels, 1.0)
         mean = ops.sum(images * foreground, axis=(1, 2), keepdims=True) / count
         variance = ops.sum(ops.square(images - mean) * foreground, axis=(1, 2), keepdims=True) / count
         scale = ops.maximum(ops.sqrt(variance), self.epsilon * ops.maximum(peak, 1e-6))
-        return ops.clip((images - mean) / scale, -self.clip, self.clip)
+        standardized = ops.clip((images - mean) / scale, -self.clip, self.clip)
+        # No foreground (a black slice, or black FLAIR): zeros, not a saturated +-clip.
+        # (images * 0 rather than 0, so that a NaN input still shows as NaN.)
+        return ops.where(pixels > 0, standardized, images * 0.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -162,7 +177,7 @@ def build_resunet(
             f"Input size {height}x{width} must be divisible by 2**depth = {2**depth}."
         )
     inputs = keras.Input(shape=input_shape, name="image")
-    x = SliceStandardization(name="standardize")(inputs) if standardize else inputs
+    x = SliceStandardization(foreground_channel=1, name="standardize")(inputs) if standardize else inputs
     x = residual_unit(x, base_filters, first=True, residual=residual, name="enc0")
     skips = [x]
     for level in range(1, depth + 1):

@@ -1,6 +1,10 @@
 """Command line: segment MRI images and write masks, overlays and a table.
 
-    python -m helpers.predict INPUT... --out DIR [--model PATH] [--threshold 0.5] [--overwrite]
+    python -m helpers.predict INPUT... --out DIR [--model PATH] [--threshold T]
+        [--min-component-pixels N] [--overwrite]
+
+Threshold and smallest region default to the values recorded beside the
+model (``helpers.inference.recommended_settings``).
 
 For each input ``NAME.ext`` it writes ``DIR/NAME_mask.png`` (0 and 255, at
 the input's height and width) and ``DIR/NAME_overlay.png``, and one row of

@@ -174,13 +174,29 @@ def augment_arrays(
     mask is thresholded at one half explicitly.
 
     Args:
+        images: (B, H, W, C) uint8 0-255 or float 0-1.
+        masks: (B, H, W, 1) uint8, bool or float, values 0 and 1.
         seed: two integers; the same seed gives the same output.
 
     Returns:
         New arrays of the inputs' shapes and dtypes.
+
+    Raises:
+        ValueError: if the masks are not (B, H, W, 1) for images
+            (B, H, W, C), or of a dtype OpenCV cannot warp.
     """
     import cv2
 
+    if images.ndim != 4 or masks.shape != (*images.shape[:3], 1):
+        raise ValueError(f"masks of shape {masks.shape} do not match images of shape {images.shape}: "
+                         "expected (B, H, W, 1) masks for (B, H, W, C) images.")
+    mask_dtype = masks.dtype
+    if mask_dtype == np.bool_:
+        masks = masks.view(np.uint8)  # the same bytes, 0 and 1, which OpenCV can warp
+    supported = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+    for name, array in (("images", images), ("masks", masks)):
+        if array.dtype not in supported:
+            raise ValueError(f"{name} of dtype {array.dtype} cannot be warped: use uint8 or float32.")
     rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(seed)])
     count, height, width, channels = images.shape
     flip = rng.random(count) < 0.5
@@ -189,8 +205,9 @@ def augment_arrays(
     angle = rng.uniform(-max_rotation_degrees, max_rotation_degrees, count)
     zoom = rng.uniform(zoom_range[0], zoom_range[1], count)
     mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    out_images = np.empty_like(images)
-    out_masks = np.empty_like(masks)
+    # C order, which OpenCV writes into; it would silently allocate anew for anything else.
+    out_images = np.empty(images.shape, images.dtype)
+    out_masks = np.empty(masks.shape, masks.dtype)
     for i in range(count):
         image, mask = images[i], masks[i, ..., 0]
         if grey[i] and channels == 3:
@@ -205,7 +222,7 @@ def augment_arrays(
             for source, target in ((image_in, image_out), (mask, out_masks[i, ..., 0])):
                 cv2.warpAffine(np.ascontiguousarray(source), matrix, (width, height), dst=target,
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            if masks.dtype != np.uint8:
+            if not np.issubdtype(masks.dtype, np.integer):
                 out_masks[i] = out_masks[i] > 0.5
         elif flip[i]:
             cv2.flip(np.ascontiguousarray(image_in), 1, dst=image_out)
@@ -213,7 +230,7 @@ def augment_arrays(
         else:
             out_images[i] = image.reshape(height, width, channels)
             out_masks[i] = masks[i]
-    return out_images, out_masks
+    return out_images, out_masks.view(mask_dtype)
 
 
 def augment_batch(

@@ -136,16 +136,34 @@ def test_slice_standardization_finds_the_head_when_another_channel_has_a_grey_ba
     image[0, 8:24, 8:24] = rng.uniform(60, 200, size=(16, 16, 3))
     head = np.zeros((32, 32), dtype=bool)
     head[8:24, 8:24] = True
-    out = np.asarray(SliceStandardization()(image))[0]
+    out = np.asarray(SliceStandardization(foreground_channel=1)(image))[0]
     np.testing.assert_allclose(out[head].mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(out[head].std(axis=0), 1.0, atol=1e-3)
     # The old rule (mean of the channels) took the whole slice for the head, so FLAIR's
     # statistics were diluted by the background and the head's values were no longer standard.
     diluted = np.asarray(SliceStandardization(foreground_channel=None)(image))[0]
     assert abs(diluted[head][:, 1].std() - 1.0) > 0.2
+    # Black FLAIR means no head: zeros, as for a black slice, whatever the other channels hold.
+    no_flair = image.copy()
+    no_flair[..., 1] = 0.0
+    np.testing.assert_array_equal(np.asarray(SliceStandardization(foreground_channel=1)(no_flair)), 0.0)
+    with pytest.raises(ValueError, match="does not exist"):
+        SliceStandardization(foreground_channel=3)(image)
+    with pytest.raises(ValueError, match=">= 0"):
+        SliceStandardization(foreground_channel=-1)
+
+
+def test_models_build_with_the_flair_head_mask_and_old_configs_keep_the_mean():
+    from helpers.model import SliceStandardization
+
+    layer = build_resunet((32, 32, 3), 16, depth=2).get_layer("standardize")
+    assert layer.get_config()["foreground_channel"] == 1
+    # A model saved before the option has no such key: it loads with the rule it was trained with.
+    old_config = {key: value for key, value in layer.get_config().items() if key != "foreground_channel"}
+    assert SliceStandardization.from_config(old_config).foreground_channel is None
 
 
 def test_resunet_starts_by_standardizing_unless_told_not_to():
-    assert build_resunet((32, 32, 3), 4, depth=2).get_layer("standardize") is not None
+    assert "standardize" in [layer.name for layer in build_resunet((32, 32, 3), 4, depth=2).layers]
     plain_input = build_resunet((32, 32, 3), 4, depth=2, standardize=False)
     assert "standardize" not in [layer.name for layer in plain_input.layers]

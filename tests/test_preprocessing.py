@@ -219,6 +219,49 @@ def test_augmentation_is_reproducible_with_a_stateless_seed():
     assert not np.array_equal(first[0].numpy(), other[0].numpy())
 
 
+
+def test_augmentation_is_the_same_for_every_input_layout():
+    """uint8 and float, bool and uint8 masks, one or three channels: one transform for all."""
+    from helpers.preprocessing import augment_arrays
+
+    images, masks = position_batch(batch=8, dtype=np.uint8)
+    images, masks = images.numpy(), masks.numpy()
+    seed = [5, 6]
+    reference_images, reference_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0)
+    assert 0 < reference_masks.sum() and set(np.unique(reference_masks).tolist()) == {0, 1}
+    # Boolean masks warp as their 0/1 bytes and come back boolean.
+    _, bool_masks = augment_arrays(images, masks.astype(bool), seed, flair_only_probability=0.0)
+    assert bool_masks.dtype == bool
+    np.testing.assert_array_equal(bool_masks, reference_masks.astype(bool))
+    # Float masks, thresholded at one half, agree with the rounding of uint8 ones.
+    _, float_masks = augment_arrays(images, masks.astype(np.float32), seed, flair_only_probability=0.0)
+    np.testing.assert_array_equal(float_masks, reference_masks.astype(np.float32))
+    # A one-channel image moves as the first channel of the three-channel one.
+    grey_images, _ = augment_arrays(np.ascontiguousarray(images[..., :1]), masks, seed,
+                                    flair_only_probability=0.0)
+    np.testing.assert_array_equal(grey_images[..., 0], reference_images[..., 0])
+    # Fortran-ordered input is written into fresh C-ordered outputs, not left uninitialised.
+    fortran_images, _ = augment_arrays(np.asfortranarray(images), masks, seed, flair_only_probability=0.0)
+    np.testing.assert_array_equal(fortran_images, reference_images)
+    # uint8 slices that are only flipped are exact mirrors.
+    flipped, flipped_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0,
+                                            rotate_zoom_probability=0.0)
+    for image, mask, moved, moved_mask in zip(images, masks, flipped, flipped_masks, strict=True):
+        mirrored = np.array_equal(moved, image[:, ::-1])
+        assert mirrored or np.array_equal(moved, image)
+        np.testing.assert_array_equal(moved_mask, mask[:, ::-1] if mirrored else mask)
+
+
+def test_augmentation_rejects_masks_that_do_not_match():
+    from helpers.preprocessing import augment_arrays
+
+    images, masks = position_batch(batch=2, dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"do not match images of shape \(2, 64, 64, 3\)"):
+        augment_arrays(images.numpy(), masks.numpy()[..., 0], [1, 2])
+    with pytest.raises(ValueError, match="int64 cannot be warped"):
+        augment_arrays(images.numpy(), masks.numpy().astype(np.int64), [1, 2])
+
+
 # --- tf.data pipeline ------------------------------------------------------------------------
 
 
