@@ -107,5 +107,10 @@ def test_images_of_another_size_are_resized_and_wrong_shapes_are_refused(tiny_mo
     probabilities = predict_probabilities(model, images, batch_size=2, flip_tta=True)
     assert probabilities.shape == (3, 48, 80)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+    # Flip test-time augmentation is the mean of the prediction and the mirrored prediction of the mirror.
+    plain = predict_probabilities(model, images, batch_size=2)
+    mirrored = predict_probabilities(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size=2)
+    np.testing.assert_allclose(probabilities, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
+    assert not np.allclose(plain, mirrored[:, :, ::-1], atol=1e-3)  # the flip changes something
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         predict_probabilities(model, images[..., 0])
