@@ -236,10 +236,14 @@ def test_augmentation_is_the_same_for_every_input_layout():
     # Float masks, thresholded at one half, agree with the rounding of uint8 ones.
     _, float_masks = augment_arrays(images, masks.astype(np.float32), seed, flair_only_probability=0.0)
     np.testing.assert_array_equal(float_masks, reference_masks.astype(np.float32))
-    # A one-channel image moves as the first channel of the three-channel one.
-    grey_images, _ = augment_arrays(np.ascontiguousarray(images[..., :1]), masks, seed,
-                                    flair_only_probability=0.0)
-    np.testing.assert_array_equal(grey_images[..., 0], reference_images[..., 0])
+    # A one-channel image moves as the first channel of the three-channel one, up to rounding:
+    # OpenCV's four-channel path interpolates with coarser fixed-point weights than its
+    # two-channel one (here 4 grey levels are one pixel of position).
+    grey_images, grey_masks = augment_arrays(np.ascontiguousarray(images[..., :1]), masks, seed,
+                                             flair_only_probability=0.0)
+    difference = np.abs(grey_images[..., 0].astype(int) - reference_images[..., 0].astype(int))
+    assert difference.max() <= 4 and difference.mean() < 0.2
+    assert (grey_masks != reference_masks).mean() < 0.001
     # Fortran-ordered input is written into fresh C-ordered outputs, not left uninitialised.
     fortran_images, _ = augment_arrays(np.asfortranarray(images), masks, seed, flair_only_probability=0.0)
     np.testing.assert_array_equal(fortran_images, reference_images)
