@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="input size (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
-    parser.add_argument("--batches", type=int, default=100, help="batches timed from the cache (default: %(default)s)")
+    parser.add_argument("--batches", type=int, default=300, help="batches timed from the cache (default: %(default)s)")
     args = parser.parse_args()
 
     case_root = data.resolve_data_dir(args.data_dir)
