@@ -17,6 +17,8 @@ Variants:
   per-slice z-score layer.
 * ``no_flair_only``: the ResUNet without the FLAIR-only augmentation.
 * ``width32``: the ResUNet at base width 32.
+* ``rotate_zoom_half``: the ResUNet with only half of the training slices
+  rotated and zoomed (all are still flipped at random).
 
 Writes ``compare.json`` and one folder of training logs per variant under
 ``--out``. A variant whose folder holds a finished run is not trained again;
@@ -46,6 +48,7 @@ VARIANTS = {
     "no_standardize": {"standardize": False},
     "no_flair_only": {"flair_only": 0.0},
     "width32": {"width": 32},
+    "rotate_zoom_half": {"rotate_zoom": 0.5},
 }
 
 
@@ -68,7 +71,8 @@ def train_variant(name: str, arrays: dict, args, out: Path) -> dict:
         train_ds = preprocessing.make_dataset(
             train_images, train_masks, args.batch_size, training=True, seed=args.seed,
             oversample_tumour=args.oversample,
-            flair_only_probability=options.get("flair_only", preprocessing.FLAIR_ONLY_PROBABILITY))
+            flair_only_probability=options.get("flair_only", preprocessing.FLAIR_ONLY_PROBABILITY),
+            rotate_zoom_probability=options.get("rotate_zoom", preprocessing.ROTATE_ZOOM_PROBABILITY))
         val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
         print(f"--- {name}: {model.count_params():,} parameters, {args.minutes} minutes")
         training.train(model, train_ds, val_ds, run_dir, epochs=200, time_budget_minutes=args.minutes,
