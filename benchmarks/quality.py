@@ -8,7 +8,7 @@ patients, which the model never saw. Writes ``quality.json``,
 ``learning_curve.png``, ``per_patient.csv``, ``per_slice.csv`` and the
 trained ``model.keras`` under ``--out``.
 
-    python benchmarks/quality.py --data-dir ../shared/lgg --minutes 70
+    python benchmarks/quality.py --data-dir ../shared/lgg --minutes 85
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
     parser.add_argument("--out", default="artifacts/quality", help="output folder (default: %(default)s)")
-    parser.add_argument("--minutes", type=float, default=70, help="training budget in minutes (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=85, help="training budget in minutes (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="most epochs (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=128, help="model input size (default: %(default)s)")
     parser.add_argument("--width", type=int, default=16, help="base filters (default: %(default)s)")
