@@ -157,6 +157,10 @@ def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
+WARPABLE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+"""Array dtypes ``cv2.warpAffine`` accepts."""
+
+
 def augment_stacked(
     stack: np.ndarray,
     seed,
@@ -192,7 +196,7 @@ def augment_stacked(
 
     if stack.ndim != 4 or not 2 <= stack.shape[-1] <= 4:
         raise ValueError(f"Expected slices with their mask stacked as (B, H, W, 2 to 4), got {stack.shape}.")
-    if stack.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+    if stack.dtype not in WARPABLE_DTYPES:
         raise ValueError(f"Arrays of dtype {stack.dtype} cannot be warped: use uint8 or float32.")
     rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(seed)])
     count, height, width, planes = stack.shape
@@ -254,7 +258,7 @@ def augment_arrays(
         raise ValueError(f"masks of shape {masks.shape} do not match images of shape {images.shape}: "
                          "expected (B, H, W, 1) masks for (B, H, W, C) images.")
     for name, array in (("images", images), ("masks", masks)):
-        if array.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64, np.bool_):
+        if array.dtype not in (*WARPABLE_DTYPES, np.bool_):
             raise ValueError(f"{name} of dtype {array.dtype} cannot be warped: use uint8 or float32.")
     stack = np.concatenate([images, masks.astype(images.dtype)], axis=-1)
     moved = augment_stacked(stack, seed, flair_only_probability, rotate_zoom_probability,
@@ -319,6 +323,22 @@ def augment_batch(
     moved_images.set_shape(images.shape)
     moved_masks.set_shape(masks.shape)
     return moved_images, moved_masks
+
+
+def stack_with_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Put each mask behind its slice as one more channel (see ``augment_stacked``).
+
+    Args:
+        images: uint8 (N, H, W, C), values 0-255.
+        masks: uint8 (N, H, W), values 0 and 1.
+
+    Returns:
+        uint8 (N, H, W, C + 1), C-ordered.
+    """
+    stacked = np.empty((*images.shape[:3], images.shape[3] + 1), dtype=np.uint8)
+    stacked[..., :-1] = images
+    stacked[..., -1] = masks
+    return stacked
 
 
 def make_dataset(
@@ -387,22 +407,14 @@ def make_dataset(
     if isinstance(images, np.memmap) or isinstance(masks, np.memmap):
         def read(batch_indices):
             order = np.sort(batch_indices)  # reads in file order; order within a batch does not matter
-            batch = np.empty((len(order), *stacked_shape), dtype=np.uint8)
-            batch[..., :channels] = images[order]
-            batch[..., channels] = masks[order]
-            return batch
+            return stack_with_masks(images[order], masks[order])
 
         def gather(batch_indices):
             batch = tf.numpy_function(read, [batch_indices], tf.uint8)
             batch.set_shape((None, *stacked_shape))
             return batch
     else:
-        stacked = np.empty((len(images), *stacked_shape), dtype=np.uint8)
-        for start in range(0, len(images), 256):  # in chunks: no second full-size temporary
-            stacked[start:start + 256, ..., :channels] = images[start:start + 256]
-            stacked[start:start + 256, ..., channels] = masks[start:start + 256]
-        stacked_tensor = tf.constant(stacked)
-        del stacked
+        stacked_tensor = tf.constant(stack_with_masks(images, masks))
 
         def gather(batch_indices):
             return tf.gather(stacked_tensor, batch_indices)
