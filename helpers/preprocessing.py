@@ -351,6 +351,7 @@ def make_dataset(
     oversample_tumour: float = 0.0,
     flair_only_probability: float = FLAIR_ONLY_PROBABILITY,
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
+    parallel_augmentation: bool = True,
 ) -> tf.data.Dataset:
     """Build the tf.data pipeline over decoded uint8 slices.
 
@@ -379,6 +380,10 @@ def make_dataset(
             only (see ``augment_batch``).
         rotate_zoom_probability: share of training slices rotated and
             zoomed (all are flipped at random).
+        parallel_augmentation: augment one batch per core at once, each
+            with OpenCV on one thread (sets ``cv2.setNumThreads(1)`` for the
+            process); ``False`` augments one batch at a time and leaves
+            OpenCV's threads alone.
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
@@ -430,14 +435,15 @@ def make_dataset(
             return moved
 
         counter = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        import cv2
+        if parallel_augmentation:
+            import cv2
 
-        # One batch per core at once, each warp on one OpenCV thread. OpenCV would otherwise
-        # spread every warp over all cores, and concurrent calls would fight for them. On the
-        # 2-core machine this delivers about a fifth more slices per second than one batch at
-        # a time with OpenCV's own threads (benchmarks/pipeline.py). The setting is global.
-        cv2.setNumThreads(1)
-        dataset = tf.data.Dataset.zip((dataset, counter)).map(augment, num_parallel_calls=os.cpu_count() or 2)
+            # One batch per core at once, each warp on one OpenCV thread (a global setting);
+            # otherwise OpenCV spreads every warp over all cores and concurrent calls fight
+            # for them. benchmarks/augment_threads.py compares the two ways.
+            cv2.setNumThreads(1)
+        calls = (os.cpu_count() or 2) if parallel_augmentation else 1
+        dataset = tf.data.Dataset.zip((dataset, counter)).map(augment, num_parallel_calls=calls)
     dataset = dataset.map(lambda batch: (normalize(batch[..., :channels]), tf.cast(batch[..., channels:], tf.float32)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     # A pool of one thread per core for the pipeline's own work, apart from the model's.

@@ -329,3 +329,24 @@ def test_training_dataset_without_augmentation_holds_the_same_slices(synthetic_a
     order = sorted(range(8), key=lambda i: got[i].tobytes())
     reference = sorted(range(8), key=lambda i: expected[i].tobytes())
     np.testing.assert_array_equal(got[order], expected[reference])
+
+
+def test_parallel_augmentation_gives_the_same_batches_as_one_at_a_time(synthetic_arrays):
+    import cv2
+
+    images, masks = synthetic_arrays
+    threads = cv2.getNumThreads()
+    try:
+        one = list(make_dataset(images, masks, batch_size=4, training=True, seed=3,
+                                parallel_augmentation=False).as_numpy_iterator())
+        parallel = list(make_dataset(images, masks, batch_size=4, training=True, seed=3).as_numpy_iterator())
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(threads)
+    assert len(one) == len(parallel) > 1
+    for expected, got in zip(one, parallel, strict=True):
+        np.testing.assert_array_equal(expected[0], got[0])
+        np.testing.assert_array_equal(expected[1], got[1])
+    # And augmented: the same shuffle without augmentation gives other pixels.
+    plain = make_dataset(images, masks, batch_size=4, training=True, seed=3, augment=False)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(plain.as_numpy_iterator(), parallel, strict=True))
