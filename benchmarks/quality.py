@@ -42,6 +42,8 @@ def main() -> None:
                         help="feed 0-1 intensities without the per-slice z-score layer")
     parser.add_argument("--flair-only", type=float, default=preprocessing.FLAIR_ONLY_PROBABILITY,
                         help="share of training slices shown as FLAIR only (default: %(default)s)")
+    parser.add_argument("--gamma", type=float, default=preprocessing.GAMMA_PROBABILITY,
+                        help="share of training slices given a random gamma per channel (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=20,
                         help="epochs without a better validation Dice before stopping (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
@@ -78,7 +80,8 @@ def main() -> None:
         val_images, val_masks, val_rows = small["val"]
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
                                               seed=args.seed, oversample_tumour=args.oversample,
-                                              flair_only_probability=args.flair_only)
+                                              flair_only_probability=args.flair_only,
+                                              gamma_probability=args.gamma)
         val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
         train_started = time.monotonic()
         history = training.train(

@@ -144,6 +144,12 @@ FLAIR_ONLY_PROBABILITY = 0.1
 ROTATE_ZOOM_PROBABILITY = 1.0
 """Share of training slices rotated and zoomed (see ``augment_batch``)."""
 
+GAMMA_PROBABILITY = 0.0
+"""Share of training slices given a random gamma per channel (see ``augment_batch``)."""
+
+GAMMA_RANGE = (0.7, 1.5)
+"""Gamma factors are drawn from this range; nnU-Net's default (Isensee et al. 2021)."""
+
 
 def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     """Scale uint8 slices to float32 in [0, 1].
@@ -168,6 +174,8 @@ def augment_stacked(
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     max_rotation_degrees: float = 15.0,
     zoom_range: tuple[float, float] = (0.9, 1.1),
+    *,
+    gamma_probability: float = GAMMA_PROBABILITY,
 ) -> np.ndarray:
     """Augment slices stored with their mask as the last channel (see ``augment_batch``).
 
@@ -206,6 +214,9 @@ def augment_stacked(
     warp = rng.random(count) < rotate_zoom_probability
     angle = rng.uniform(-max_rotation_degrees, max_rotation_degrees, count)
     zoom = rng.uniform(zoom_range[0], zoom_range[1], count)
+    # Drawn after the others, so that gamma_probability=0 leaves every other draw as it was.
+    gamma = np.where(rng.random(count)[:, None] < gamma_probability,
+                     rng.uniform(*GAMMA_RANGE, (count, channels)), 1.0)
     mirror = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     # C order, which OpenCV writes into; it would silently allocate anew for anything else.
     out = np.empty(stack.shape, stack.dtype)
@@ -226,7 +237,31 @@ def augment_stacked(
             cv2.flip(source, 1, dst=out[i])
         else:
             out[i] = source
+        if np.any(gamma[i] != 1.0):
+            _apply_gamma(out[i], gamma[i][0] if grey[i] and channels == 3 else gamma[i])
     return out
+
+
+def _apply_gamma(stacked_slice: np.ndarray, gamma) -> None:
+    """Raise each image channel of one stacked slice (H, W, C + 1) to its gamma, in place.
+
+    Intensities are taken as fractions of their maximum (255 for uint8, 1
+    for floats), so 0 and the maximum stay where they are; the mask (last
+    channel) is untouched. A grey (FLAIR-only) slice gets one gamma for all
+    channels, so it stays grey.
+    """
+    import cv2
+
+    channels = stacked_slice.shape[-1] - 1
+    gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (channels,))
+    if stacked_slice.dtype == np.uint8:
+        levels = np.linspace(0.0, 1.0, 256)[:, None]
+        table = np.concatenate([np.rint(255.0 * levels ** gamma), np.arange(256)[:, None]], axis=1)
+        table = np.ascontiguousarray(table.astype(np.uint8).reshape(1, 256, channels + 1))
+        cv2.LUT(stacked_slice, table, dst=stacked_slice)
+    else:
+        image = stacked_slice[..., :channels]
+        np.power(np.clip(image, 0.0, 1.0), gamma.astype(stacked_slice.dtype), out=image)
 
 
 def augment_arrays(
@@ -237,6 +272,8 @@ def augment_arrays(
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     max_rotation_degrees: float = 15.0,
     zoom_range: tuple[float, float] = (0.9, 1.1),
+    *,
+    gamma_probability: float = GAMMA_PROBABILITY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NumPy and OpenCV version of ``augment_batch`` (the same arguments).
 
@@ -262,7 +299,7 @@ def augment_arrays(
             raise ValueError(f"{name} of dtype {array.dtype} cannot be warped: use uint8 or float32.")
     stack = np.concatenate([images, masks.astype(images.dtype)], axis=-1)
     moved = augment_stacked(stack, seed, flair_only_probability, rotate_zoom_probability,
-                            max_rotation_degrees, zoom_range)
+                            max_rotation_degrees, zoom_range, gamma_probability=gamma_probability)
     return moved[..., :-1], moved[..., -1:].astype(masks.dtype)
 
 
@@ -274,6 +311,8 @@ def augment_batch(
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     max_rotation_degrees: float = 15.0,
     zoom_range: tuple[float, float] = (0.9, 1.1),
+    *,
+    gamma_probability: float = GAMMA_PROBABILITY,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Randomly flip, rotate and zoom each image together with its mask.
 
@@ -289,6 +328,12 @@ def augment_batch(
     too, a share of the training slices has its three channels replaced by
     FLAIR (the middle channel) first.
 
+    A share ``gamma_probability`` of the slices then has each image channel
+    raised to a random power within ``GAMMA_RANGE`` (intensities as
+    fractions of their maximum): a change of contrast that the model's
+    per-slice standardisation does not undo, as nnU-Net's default
+    augmentation does (Isensee et al. 2021). The mask is untouched.
+
     Works on uint8 slices (0-255, what the training pipeline passes, as it
     is cheapest) and on float slices (0-1) alike; runs as a TensorFlow op
     (``augment_arrays`` inside ``tf.numpy_function``), so tf.data can run it
@@ -303,6 +348,8 @@ def augment_batch(
         rotate_zoom_probability: share of slices rotated and zoomed.
         max_rotation_degrees: rotations are drawn from +-this angle.
         zoom_range: scale factors drawn uniformly from this range.
+        gamma_probability: share of slices given a random gamma per
+            channel; 0 for none.
 
     Returns:
         images of the input's dtype (B, H, W, C) and masks of the masks'
@@ -315,7 +362,8 @@ def augment_batch(
 
     def run(batch_images, batch_masks, batch_seed):
         return augment_arrays(batch_images, batch_masks, batch_seed, flair_only_probability,
-                              rotate_zoom_probability, max_rotation_degrees, zoom_range)
+                              rotate_zoom_probability, max_rotation_degrees, zoom_range,
+                              gamma_probability=gamma_probability)
 
     moved_images, moved_masks = tf.numpy_function(
         run, [images, masks, tf.cast(seed, tf.int64)], [images.dtype, masks.dtype], stateful=False
@@ -352,6 +400,7 @@ def make_dataset(
     flair_only_probability: float = FLAIR_ONLY_PROBABILITY,
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     parallel_augmentation: bool = True,
+    gamma_probability: float = GAMMA_PROBABILITY,
 ) -> tf.data.Dataset:
     """Build the tf.data pipeline over decoded uint8 slices.
 
@@ -384,6 +433,8 @@ def make_dataset(
             with OpenCV on one thread (sets ``cv2.setNumThreads(1)`` for the
             process); ``False`` augments one batch at a time and leaves
             OpenCV's threads alone.
+        gamma_probability: share of training slices given a random gamma
+            per channel (see ``augment_batch``).
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
@@ -427,7 +478,8 @@ def make_dataset(
     dataset = dataset.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
         def run(batch, batch_seed):
-            return augment_stacked(batch, batch_seed, flair_only_probability, rotate_zoom_probability)
+            return augment_stacked(batch, batch_seed, flair_only_probability, rotate_zoom_probability,
+                                   gamma_probability=gamma_probability)
 
         def augment(batch, batch_seed):
             moved = tf.numpy_function(run, [batch, batch_seed], tf.uint8, stateful=False)

@@ -209,6 +209,39 @@ def test_flair_only_slices_repeat_the_middle_channel():
         assert np.array_equal(kept, original) or np.array_equal(kept, original[:, ::-1])
 
 
+def test_gamma_changes_contrast_and_leaves_the_mask_and_the_other_draws_alone():
+    from helpers.preprocessing import GAMMA_RANGE, augment_arrays
+
+    images, masks = position_batch(batch=8, dtype=np.uint8)
+    images, masks = images.numpy(), masks.numpy()
+    seed = [7, 8]
+    plain, plain_masks = augment_arrays(images, masks, seed, gamma_probability=0.0, flair_only_probability=0.0)
+    curved, curved_masks = augment_arrays(images, masks, seed, gamma_probability=1.0, flair_only_probability=0.0)
+    # Same geometry: the mask is identical, and gamma keeps 0 and 255 and the order of grey levels.
+    np.testing.assert_array_equal(curved_masks, plain_masks)
+    for before, after in zip(plain.transpose(0, 3, 1, 2).reshape(-1, plain[0, ..., 0].size),
+                             curved.transpose(0, 3, 1, 2).reshape(-1, plain[0, ..., 0].size), strict=True):
+        # One slice's channel: one curve.
+        order = np.argsort(before, kind="stable")
+        assert np.all(np.diff(after[order].astype(int)) >= 0)
+        assert after[before == 0].max(initial=0) == 0 and after[before == 255].min(initial=255) == 255
+    assert np.mean(curved != plain) > 0.5
+    # The power applied is within the range: check it on one mid-grey pixel of each channel.
+    middle = (plain >= 100) & (plain <= 150)
+    powers = np.log(curved[middle] / 255.0) / np.log(plain[middle] / 255.0)
+    assert GAMMA_RANGE[0] - 0.05 <= powers.min() and powers.max() <= GAMMA_RANGE[1] + 0.05
+    # Floats get the same curve as uint8, up to rounding.
+    curved_float, _ = augment_arrays(images.astype(np.float32) / 255, masks, seed, gamma_probability=1.0,
+                                     flair_only_probability=0.0, rotate_zoom_probability=0.0)
+    curved_uint8, _ = augment_arrays(images, masks, seed, gamma_probability=1.0,
+                                     flair_only_probability=0.0, rotate_zoom_probability=0.0)
+    assert np.abs(curved_float - curved_uint8 / 255.0).max() < 1.5 / 255
+    # A grey (FLAIR-only) slice gets one gamma for its three channels, so it stays grey.
+    grey, _ = augment_arrays(images, masks, seed, gamma_probability=1.0, flair_only_probability=1.0)
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
+    np.testing.assert_array_equal(grey[..., 2], grey[..., 1])
+
+
 def test_augmentation_is_reproducible_with_a_stateless_seed():
     images, masks = position_batch(batch=3)
     first = augment_batch(images, masks, seed=tf.constant([1, 2]))
