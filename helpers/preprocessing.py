@@ -28,9 +28,13 @@ def split_patients(
 ) -> pd.DataFrame:
     """Assign each patient to train, val or test, stratified by institution.
 
-    Within each institution, patients are ordered by tumour burden and dealt
-    in blocks, then each block is shuffled with the seed, so every side gets
-    a share of each institution and of small and large tumours. The result
+    Patients are ordered by institution, then by tumour burden, and dealt
+    in consecutive blocks of about ``1 / min(val_fraction, test_fraction)``;
+    each block, shuffled with the seed, gives one patient to test and one to
+    validation. So every side gets a share of each institution and of small
+    and large tumours. A block may straddle two institutions; an institution
+    of three or more patients left with none in training gets one back
+    (swapped with the training patient of closest burden). The result
     depends only on the manifest and the seed, never on the machine.
 
     Args:
@@ -44,7 +48,8 @@ def split_patients(
         One row per patient: ``patient``, ``institution``, ``split``.
 
     Raises:
-        ValueError: if the fractions leave no training patient.
+        ValueError: if a fraction is negative, if they sum to 1 or more, or
+            if they leave no training patient.
     """
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError(
@@ -121,7 +126,12 @@ def kfold_patients(manifest: pd.DataFrame, folds: int = 5, seed: int = 42) -> pd
 
     Returns:
         One row per patient: ``patient``, ``institution``, ``fold`` (0 to folds-1).
+
+    Raises:
+        ValueError: if ``folds`` is below 2.
     """
+    if folds < 2:
+        raise ValueError(f"folds={folds}: cross-validation needs at least 2 folds.")
     patients = (
         manifest.groupby("patient")
         .agg(institution=("institution", "first"), burden=("tumour_pixels", "sum"))
@@ -245,9 +255,9 @@ def augment_stacked(
 def _apply_gamma(stacked_slice: np.ndarray, gamma) -> None:
     """Raise each image channel of one stacked slice (H, W, C + 1) to its gamma, in place.
 
-    Intensities are taken as fractions of their maximum (255 for uint8, 1
-    for floats), so 0 and the maximum stay where they are; the mask (last
-    channel) is untouched. A grey (FLAIR-only) slice gets one gamma for all
+    Intensities are taken as fractions of their maximum (the dtype's largest
+    value for integers, 1 for floats), so 0 and the maximum stay where they
+    are; the mask (last channel) is untouched. A grey (FLAIR-only) slice gets one gamma for all
     channels, so it stays grey.
     """
     import cv2
@@ -259,6 +269,11 @@ def _apply_gamma(stacked_slice: np.ndarray, gamma) -> None:
         table = np.concatenate([np.rint(255.0 * levels ** gamma), np.arange(256)[:, None]], axis=1)
         table = np.ascontiguousarray(table.astype(np.uint8).reshape(1, 256, channels + 1))
         cv2.LUT(stacked_slice, table, dst=stacked_slice)
+    elif np.issubdtype(stacked_slice.dtype, np.integer):
+        top = float(np.iinfo(stacked_slice.dtype).max)
+        image = stacked_slice[..., :channels]
+        scaled = np.clip(image / top, 0.0, 1.0) ** gamma
+        image[...] = np.rint(scaled * top).astype(stacked_slice.dtype)
     else:
         image = stacked_slice[..., :channels]
         np.power(np.clip(image, 0.0, 1.0), gamma.astype(stacked_slice.dtype), out=image)

@@ -103,6 +103,8 @@ def test_kfold_every_patient_in_one_nonempty_fold():
     sizes = folds["fold"].value_counts()
     assert sizes.max() - sizes.min() <= len(INSTITUTION_SIZES)  # one leftover per institution at most
     pd.testing.assert_frame_equal(folds, kfold_patients(manifest, folds=5, seed=0))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        kfold_patients(manifest, folds=1)
 
 
 # --- Normalisation ---------------------------------------------------------------------------
@@ -236,6 +238,10 @@ def test_gamma_changes_contrast_and_leaves_the_mask_and_the_other_draws_alone():
     curved_uint8, _ = augment_arrays(images, masks, seed, gamma_probability=1.0,
                                      flair_only_probability=0.0, rotate_zoom_probability=0.0)
     assert np.abs(curved_float - curved_uint8 / 255.0).max() < 1.5 / 255
+    # Other integer types are taken as fractions of their own maximum, not clipped to 0 and 1.
+    wide, _ = augment_arrays(images.astype(np.uint16) * 257, masks, seed, gamma_probability=1.0,
+                             flair_only_probability=0.0, rotate_zoom_probability=0.0)
+    assert np.abs(wide / 65535.0 - curved_uint8 / 255.0).max() < 1.5 / 255
     # A grey (FLAIR-only) slice gets one gamma for its three channels, so it stays grey.
     grey, _ = augment_arrays(images, masks, seed, gamma_probability=1.0, flair_only_probability=1.0)
     np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
