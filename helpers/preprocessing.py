@@ -154,7 +154,7 @@ FLAIR_ONLY_PROBABILITY = 0.1
 ROTATE_ZOOM_PROBABILITY = 1.0
 """Share of training slices rotated and zoomed (see ``augment_batch``)."""
 
-GAMMA_PROBABILITY = 0.0
+GAMMA_PROBABILITY = 0.3
 """Share of training slices given a random gamma per channel (see ``augment_batch``)."""
 
 GAMMA_RANGE = (0.7, 1.5)

@@ -147,8 +147,9 @@ def position_batch(batch: int = 6, dtype=np.float32) -> tuple[tf.Tensor, tf.Tens
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_augmentation_moves_mask_with_image(dtype):
     images, masks = position_batch(dtype=dtype)
+    # No gamma: the intensities encode positions here.
     moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([7, 11]),
-                                              flair_only_probability=0.0)
+                                              flair_only_probability=0.0, gamma_probability=0.0)
     assert moved_images.dtype == images.dtype and moved_masks.dtype == masks.dtype
     moved_images, moved_masks = moved_images.numpy().astype(np.float64), moved_masks.numpy()[..., 0]
     assert moved_images.shape == images.shape and moved_masks.shape == masks.shape[:3]
@@ -185,8 +186,8 @@ def test_augmentation_moves_mask_with_image(dtype):
 
 def test_without_rotation_slices_are_only_flipped():
     images, masks = position_batch(batch=16)
-    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([3, 4]),
-                                              flair_only_probability=0.0, rotate_zoom_probability=0.0)
+    moved_images, moved_masks = augment_batch(images, masks, seed=tf.constant([3, 4]), flair_only_probability=0.0,
+                                              rotate_zoom_probability=0.0, gamma_probability=0.0)
     flipped = 0
     for image, mask, moved, moved_mask in zip(images.numpy(), masks.numpy(), moved_images.numpy(),
                                               moved_masks.numpy(), strict=True):
@@ -202,7 +203,7 @@ def test_without_rotation_slices_are_only_flipped():
 def test_flair_only_slices_repeat_the_middle_channel():
     images, masks = position_batch(batch=8, dtype=np.uint8)
     grey, _ = augment_batch(images, masks, seed=tf.constant([5, 6]), flair_only_probability=1.0,
-                            rotate_zoom_probability=0.0)
+                            rotate_zoom_probability=0.0, gamma_probability=0.0)
     grey = grey.numpy()
     np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
     np.testing.assert_array_equal(grey[..., 2], grey[..., 1])
@@ -266,28 +267,28 @@ def test_augmentation_is_the_same_for_every_input_layout():
     images, masks = position_batch(batch=8, dtype=np.uint8)
     images, masks = images.numpy(), masks.numpy()
     seed = [5, 6]
-    reference_images, reference_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0)
+    reference_images, reference_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0, gamma_probability=0.0)
     assert 0 < reference_masks.sum() and set(np.unique(reference_masks).tolist()) == {0, 1}
     # Boolean masks warp as their 0/1 bytes and come back boolean.
-    _, bool_masks = augment_arrays(images, masks.astype(bool), seed, flair_only_probability=0.0)
+    _, bool_masks = augment_arrays(images, masks.astype(bool), seed, flair_only_probability=0.0, gamma_probability=0.0)
     assert bool_masks.dtype == bool
     np.testing.assert_array_equal(bool_masks, reference_masks.astype(bool))
     # Float masks, thresholded at one half, agree with the rounding of uint8 ones.
-    _, float_masks = augment_arrays(images, masks.astype(np.float32), seed, flair_only_probability=0.0)
+    _, float_masks = augment_arrays(images, masks.astype(np.float32), seed, flair_only_probability=0.0, gamma_probability=0.0)
     np.testing.assert_array_equal(float_masks, reference_masks.astype(np.float32))
     # A one-channel image moves as the first channel of the three-channel one, up to rounding:
     # OpenCV's four-channel path interpolates with coarser fixed-point weights than its
     # two-channel one (here 4 grey levels are one pixel of position).
     grey_images, grey_masks = augment_arrays(np.ascontiguousarray(images[..., :1]), masks, seed,
-                                             flair_only_probability=0.0)
+                                             flair_only_probability=0.0, gamma_probability=0.0)
     difference = np.abs(grey_images[..., 0].astype(int) - reference_images[..., 0].astype(int))
     assert difference.max() <= 4 and difference.mean() < 0.2
     assert (grey_masks != reference_masks).mean() < 0.001
     # Fortran-ordered input is written into fresh C-ordered outputs, not left uninitialised.
-    fortran_images, _ = augment_arrays(np.asfortranarray(images), masks, seed, flair_only_probability=0.0)
+    fortran_images, _ = augment_arrays(np.asfortranarray(images), masks, seed, flair_only_probability=0.0, gamma_probability=0.0)
     np.testing.assert_array_equal(fortran_images, reference_images)
     # uint8 slices that are only flipped are exact mirrors.
-    flipped, flipped_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0,
+    flipped, flipped_masks = augment_arrays(images, masks, seed, flair_only_probability=0.0, gamma_probability=0.0,
                                             rotate_zoom_probability=0.0)
     for image, mask, moved, moved_mask in zip(images, masks, flipped, flipped_masks, strict=True):
         mirrored = np.array_equal(moved, image[:, ::-1])
