@@ -257,8 +257,13 @@ def _apply_gamma(stacked_slice: np.ndarray, gamma) -> None:
 
     Intensities are taken as fractions of their maximum (the dtype's largest
     value for integers, 1 for floats), so 0 and the maximum stay where they
-    are; the mask (last channel) is untouched. A grey (FLAIR-only) slice gets one gamma for all
-    channels, so it stays grey.
+    are; the mask (last channel) is untouched.
+
+    Args:
+        stacked_slice: (H, W, C + 1), image channels then the mask.
+        gamma: one power per image channel (C,), or one for all; 0.7-1.5
+            in training. The caller passes one for a grey (FLAIR-only)
+            slice, so that it stays grey.
     """
     import cv2
 
@@ -345,9 +350,10 @@ def augment_batch(
 
     A share ``gamma_probability`` of the slices then has each image channel
     raised to a random power within ``GAMMA_RANGE`` (intensities as
-    fractions of their maximum): a change of contrast that the model's
-    per-slice standardisation does not undo, as nnU-Net's default
-    augmentation does (Isensee et al. 2021). The mask is untouched.
+    fractions of their maximum). The model's per-slice standardisation
+    undoes a change of brightness or contrast, but not this change of the
+    intensity curve, which differs between scanners; nnU-Net's default
+    augmentation includes it (Isensee et al. 2021). The mask is untouched.
 
     Works on uint8 slices (0-255, what the training pipeline passes, as it
     is cheapest) and on float slices (0-1) alike; runs as a TensorFlow op
