@@ -212,7 +212,7 @@ def test_flair_only_slices_repeat_the_middle_channel():
         assert np.array_equal(kept, original) or np.array_equal(kept, original[:, ::-1])
 
 
-def test_gamma_changes_contrast_and_leaves_the_mask_and_the_other_draws_alone():
+def test_gamma_changes_the_intensity_curve_and_leaves_the_geometry_and_the_mask_alone():
     from helpers.preprocessing import GAMMA_RANGE, augment_arrays
 
     images, masks = position_batch(batch=8, dtype=np.uint8)
@@ -222,14 +222,15 @@ def test_gamma_changes_contrast_and_leaves_the_mask_and_the_other_draws_alone():
     curved, curved_masks = augment_arrays(images, masks, seed, gamma_probability=1.0, flair_only_probability=0.0)
     # Same geometry: the mask is identical, and gamma keeps 0 and 255 and the order of grey levels.
     np.testing.assert_array_equal(curved_masks, plain_masks)
-    for before, after in zip(plain.transpose(0, 3, 1, 2).reshape(-1, plain[0, ..., 0].size),
-                             curved.transpose(0, 3, 1, 2).reshape(-1, plain[0, ..., 0].size), strict=True):
-        # One slice's channel: one curve.
+    def channels(batch):  # one row per channel of each slice: each row has one curve
+        return batch.transpose(0, 3, 1, 2).reshape(batch.shape[0] * batch.shape[3], -1)
+
+    for before, after in zip(channels(plain), channels(curved), strict=True):
         order = np.argsort(before, kind="stable")
         assert np.all(np.diff(after[order].astype(int)) >= 0)
         assert after[before == 0].max(initial=0) == 0 and after[before == 255].min(initial=255) == 255
     assert np.mean(curved != plain) > 0.5
-    # The power applied is within the range: check it on one mid-grey pixel of each channel.
+    # The power applied is within the range, read back from every mid-grey pixel.
     middle = (plain >= 100) & (plain <= 150)
     powers = np.log(curved[middle] / 255.0) / np.log(plain[middle] / 255.0)
     assert GAMMA_RANGE[0] - 0.05 <= powers.min() and powers.max() <= GAMMA_RANGE[1] + 0.05
