@@ -72,10 +72,8 @@ def train_variant(name: str, arrays: dict, args, out: Path) -> dict:
             train_images, train_masks, args.batch_size, training=True, seed=args.seed,
             oversample_tumour=args.oversample,
             flair_only_probability=options.get("flair_only", preprocessing.FLAIR_ONLY_PROBABILITY),
-            rotate_zoom_probability=options.get("rotate_zoom", preprocessing.ROTATE_ZOOM_PROBABILITY),
-            as_uint8=options.get("standardize", True))
-        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size,
-                                            as_uint8=options.get("standardize", True))
+            rotate_zoom_probability=options.get("rotate_zoom", preprocessing.ROTATE_ZOOM_PROBABILITY))
+        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
         print(f"--- {name}: {model.count_params():,} parameters, {args.minutes} minutes")
         training.train(model, train_ds, val_ds, run_dir, epochs=200, time_budget_minutes=args.minutes,
                        patience=200, val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()))

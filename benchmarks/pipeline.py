@@ -10,10 +10,6 @@ Measures on the real data (default ``../shared/lgg``):
   in memory, and streamed from the memory-mapped cache on disk (the path
   taken when the slices do not fit in memory).
 
-The pipeline delivers what the ResUNet trains on: uint8 slices and masks
-(``make_dataset(as_uint8=True)``), which the model converts to float itself.
-For comparison it also times the float32 delivery, 0-1, from the cache.
-
 Writes ``pipeline.json`` under ``--out``.
 
     python benchmarks/pipeline.py --data-dir ../shared/lgg --out artifacts/bench
@@ -55,20 +51,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         images, masks = data.load_arrays(manifest, size=args.size, cache_dir=cache, show_progress=False)
-        dataset = preprocessing.make_dataset(images, masks, args.batch_size, training=True, as_uint8=True)
+        dataset = preprocessing.make_dataset(images, masks, args.batch_size, training=True)
         delivered = sum(int(batch[0].shape[0]) for batch in dataset)
         cold_seconds = time.perf_counter() - start
         start = time.perf_counter()
         data.load_arrays(manifest, size=args.size, cache_dir=cache, show_progress=False)
         cache_read_seconds = time.perf_counter() - start
         warm = preprocessing.measure_throughput(dataset, args.batches)
-        warm_float = preprocessing.measure_throughput(
-            preprocessing.make_dataset(images, masks, args.batch_size, training=True), args.batches)
         mapped_images, mapped_masks = data.load_arrays(manifest, size=args.size, cache_dir=cache,
                                                        show_progress=False, in_memory=False)
         streamed = preprocessing.measure_throughput(
-            preprocessing.make_dataset(mapped_images, mapped_masks, args.batch_size, training=True, as_uint8=True),
-            args.batches)
+            preprocessing.make_dataset(mapped_images, mapped_masks, args.batch_size, training=True), args.batches)
         del mapped_images, mapped_masks
     result = {
         "command": f"python benchmarks/pipeline.py --data-dir {args.data_dir} --out {args.out}",
@@ -86,9 +79,7 @@ def main() -> None:
         "rotate_zoom_probability": preprocessing.ROTATE_ZOOM_PROBABILITY,
         "flair_only_probability": preprocessing.FLAIR_ONLY_PROBABILITY,
         "gamma_probability": preprocessing.GAMMA_PROBABILITY,
-        "delivered_as": "uint8 images and masks (make_dataset(as_uint8=True)), converted to float in the model",
         "cached_slices_per_second_with_augmentation": warm["slices_per_second"],
-        "cached_float32_slices_per_second_with_augmentation": warm_float["slices_per_second"],
         "streamed_from_disk_slices_per_second_with_augmentation": streamed["slices_per_second"],
     }
     out = Path(args.out)

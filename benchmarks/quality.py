@@ -81,8 +81,8 @@ def main() -> None:
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
                                               seed=args.seed, oversample_tumour=args.oversample,
                                               flair_only_probability=args.flair_only,
-                                              gamma_probability=args.gamma, as_uint8=not args.no_standardize)
-        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size, as_uint8=not args.no_standardize)
+                                              gamma_probability=args.gamma)
+        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
         train_started = time.monotonic()
         history = training.train(
             model, train_ds, val_ds, run_dir, epochs=args.epochs,

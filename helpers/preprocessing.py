@@ -422,14 +422,13 @@ def make_dataset(
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     parallel_augmentation: bool = True,
     gamma_probability: float = GAMMA_PROBABILITY,
-    as_uint8: bool = False,
 ) -> tf.data.Dataset:
     """Build the tf.data pipeline over decoded uint8 slices.
 
     Training pipelines shuffle every epoch, optionally oversample slices with
     tumour, augment on the fly (whole batches at once, still in uint8, the
     cheapest form) and prefetch. Evaluation pipelines only batch and
-    prefetch. Both normalise last, in parallel (unless ``as_uint8``).
+    prefetch. Both normalise last, in parallel.
 
     Each slice travels with its mask as one more channel (``augment_stacked``
     explains why) until the last step splits them. Slices held in memory are
@@ -457,19 +456,10 @@ def make_dataset(
             OpenCV's threads alone.
         gamma_probability: share of training slices given a random gamma
             per channel (see ``augment_batch``).
-        as_uint8: deliver the slices as they are, uint8 0-255, and the
-            masks as uint8 0 and 1, for a model that standardises its own
-            input (``build_resunet``'s default, which gives the same
-            output for 0-255 as for 0-1). The conversion to float, which
-            costs this pipeline about as much CPU as the augmentation,
-            then runs inside the model, on the accelerator when there is
-            one, and a batch crosses to it in a quarter of the bytes.
-            Not for ``build_pretrained_resunet``, which expects 0-1.
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
-        (B, H, W, 1) in {0, 1}); with ``as_uint8``, (image uint8
-        (B, H, W, 3) in 0-255, mask uint8 (B, H, W, 1) in {0, 1}).
+        (B, H, W, 1) in {0, 1}).
     """
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
@@ -527,13 +517,8 @@ def make_dataset(
             cv2.setNumThreads(1)
         calls = (os.cpu_count() or 2) if parallel_augmentation else 1
         dataset = tf.data.Dataset.zip((dataset, counter)).map(augment, num_parallel_calls=calls)
-    if as_uint8:
-        def split(batch):
-            return batch[..., :channels], batch[..., channels:]
-    else:
-        def split(batch):
-            return normalize(batch[..., :channels]), tf.cast(batch[..., channels:], tf.float32)
-    dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda batch: (normalize(batch[..., :channels]), tf.cast(batch[..., channels:], tf.float32)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     # A pool of one thread per core for the pipeline's own work, apart from the model's.
     options = tf.data.Options()
     options.threading.private_threadpool_size = os.cpu_count() or 2

@@ -323,21 +323,6 @@ def test_evaluation_dataset_is_ordered_and_unaugmented(synthetic_arrays):
     np.testing.assert_array_equal(got_masks, masks[..., None].astype(np.float32))
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_uint8_delivery_gives_the_same_batches_unconverted(synthetic_arrays, training):
-    images, masks = synthetic_arrays
-    images, masks = images[:10], masks[:10]
-    options = dict(batch_size=4, training=training, seed=5, oversample_tumour=0.5)
-    as_floats = list(make_dataset(images, masks, **options).as_numpy_iterator())
-    as_bytes = list(make_dataset(images, masks, as_uint8=True, **options).as_numpy_iterator())
-    assert len(as_bytes) == len(as_floats) > 0
-    for (float_images, float_masks), (byte_images, byte_masks) in zip(as_floats, as_bytes, strict=True):
-        assert byte_images.dtype == np.uint8 and byte_masks.dtype == np.uint8
-        assert byte_images.shape == float_images.shape and byte_masks.shape == float_masks.shape
-        np.testing.assert_allclose(byte_images / 255.0, float_images, atol=1e-6)
-        np.testing.assert_array_equal(byte_masks, float_masks)
-
-
 def test_training_dataset_shapes_ranges_and_oversampling(synthetic_arrays):
     images, masks = synthetic_arrays
     images, masks = images[:12], masks[:12]

@@ -162,10 +162,10 @@ def test_nan_loss_stops_training_and_keeps_last_good_backup(slices, tmp_path):
         np.testing.assert_array_equal(after, before)
 
 
-def first_epoch_loss(images: np.ndarray, masks: np.ndarray, seed: int, **dataset_options) -> float:
+def first_epoch_loss(images: np.ndarray, masks: np.ndarray, seed: int) -> float:
     keras.utils.set_random_seed(seed)
     model = tiny_model()
-    dataset = make_dataset(images, masks, batch_size=4, training=True, seed=seed, **dataset_options)
+    dataset = make_dataset(images, masks, batch_size=4, training=True, seed=seed)
     return model.fit(dataset, epochs=1, verbose=0).history["loss"][0]
 
 
@@ -175,15 +175,6 @@ def test_same_seed_gives_same_first_epoch_loss(slices):
     second = first_epoch_loss(images, masks, seed=5)
     assert np.isfinite(first)
     assert first == second
-
-
-def test_uint8_batches_train_the_resunet_as_unit_range_ones_do(slices):
-    # The model standardises each slice itself, so 0-255 bytes and 0-1 floats are the same input to it.
-    images, masks = slices["train"]
-    as_floats = first_epoch_loss(images, masks, seed=5)
-    as_bytes = first_epoch_loss(images, masks, seed=5, as_uint8=True)
-    assert np.isfinite(as_bytes)
-    np.testing.assert_allclose(as_bytes, as_floats, rtol=1e-4)
 
 
 def test_steps_per_epoch():
