@@ -46,6 +46,9 @@ def main() -> None:
                         help="share of training slices given a random gamma per channel (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=20,
                         help="epochs without a better validation Dice before stopping (default: %(default)s)")
+    parser.add_argument("--ema", type=float, default=None,
+                        help="momentum of an exponential moving average of the weights (Polyak averaging), "
+                             "e.g. 0.995; validated and saved in place of the raw weights (default: none)")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
@@ -75,7 +78,7 @@ def main() -> None:
     else:
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize)
-        training.compile_model(model)
+        training.compile_model(model, ema_momentum=args.ema)
         train_images, train_masks, _ = small["train"]
         val_images, val_masks, val_rows = small["val"]
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,

@@ -73,17 +73,29 @@ def choose_strategy() -> tf.distribute.Strategy:
 
 
 def compile_model(model: keras.Model, learning_rate: float = 1e-3,
-                  dice_weight: float = 1.0, bce_weight: float = 1.0) -> keras.Model:
+                  dice_weight: float = 1.0, bce_weight: float = 1.0,
+                  ema_momentum: float | None = None) -> keras.Model:
     """Compile with Adam, Dice + cross-entropy, and the Dice metric.
 
     A one-channel model gets one ``dice`` metric; a softmax model with C
     classes gets ``dice_class_1`` ... ``dice_class_{C-1}``, one per tumour class.
+
+    Args:
+        model: the model to compile.
+        learning_rate: Adam's initial rate.
+        dice_weight: weight of the Dice term of the loss.
+        bce_weight: weight of the cross-entropy term.
+        ema_momentum: if given (0.99 averages over about the last 100 steps),
+            Adam keeps an exponential moving average of the weights (Polyak
+            averaging); ``train`` then validates, checkpoints and ends with the
+            averaged weights.
     """
     classes = model.output_shape[-1]
     metrics = [DiceScore()] if classes == 1 else [
         DiceScore(class_index=k, name=f"dice_class_{k}") for k in range(1, classes)]
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum is not None,
+                                        ema_momentum=ema_momentum or 0.99),
         loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight),
         metrics=metrics,
     )
@@ -199,6 +211,28 @@ class _BackupUnlessNaN(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
 
+class _KeepAveragedWeights(keras.callbacks.Callback):
+    """End a run stopped early with the averaged weights in the model.
+
+    ``SwapEMAWeights(swap_on_epoch=True)`` leaves the averaged weights in the
+    model after each epoch but hands them back to the optimizer only after the
+    last planned epoch; when early stopping or the time budget ends the run
+    sooner, ``fit`` would overwrite the model with the raw weights. Placed after
+    every callback that can stop training, this one hands them back then too.
+
+    Args:
+        swap: the run's ``SwapEMAWeights`` callback.
+    """
+
+    def __init__(self, swap: keras.callbacks.SwapEMAWeights):
+        super().__init__()
+        self.swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and self.swap._ema_weights_in_model:
+            self.swap._finalize_ema_values()
+
+
 class CosineDecay(keras.callbacks.Callback):
     """Cosine learning-rate decay over the epochs or the wall-clock budget, whichever ends first.
 
@@ -276,6 +310,11 @@ def train(
             budget) or ``"plateau"`` (halve the rate after 4 epochs without
             improvement).
 
+    With an optimizer compiled with ``ema_momentum``, validation, the
+    checkpoints and the model at the end use the averaged weights. A run
+    resumed from ``backup/`` goes on from the averaged weights of its last
+    epoch.
+
     Returns:
         The whole history (all runs), one row per epoch.
     """
@@ -310,6 +349,9 @@ def train(
         raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'plateau'.")
     if time_budget_minutes:
         callbacks.append(TimeBudget(time_budget_minutes * 60))
+    if getattr(model.optimizer, "use_ema", False):
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        callbacks = [swap] + callbacks + [_KeepAveragedWeights(swap)]
     started = time.monotonic()
     model.fit(train_dataset, validation_data=val_dataset, epochs=epochs,
               callbacks=callbacks, verbose=verbose)

@@ -129,6 +129,25 @@ def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, m
     assert best.predict(val_images[:2].astype(np.float32) / 255.0, verbose=0).shape == (2, SIZE, SIZE, 1)
 
 
+def test_averaged_weights_are_checkpointed_and_kept_when_the_budget_stops_the_run(slices, tmp_path):
+    keras.utils.set_random_seed(3)
+    images, masks = slices["train"]
+    val_images, val_masks, val_patients = slices["val"]
+    model = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2), ema_momentum=0.9)
+    model.run_eagerly = True
+    # A budget of a fraction of a second: the run stops after its first of three epochs.
+    history = train(model, make_dataset(images, masks, batch_size=4, training=True, seed=3),
+                    make_dataset(val_images, val_masks, batch_size=4), tmp_path / "run", epochs=3,
+                    time_budget_minutes=1e-4, val_patient_arrays=(val_images, val_masks, val_patients),
+                    verbose=0)
+    assert history["epoch"].tolist() == [0]
+    averaged = keras.models.load_model(tmp_path / "run" / "best.keras").get_weights()
+    final = model.get_weights()
+    assert len(final) == len(averaged)
+    for ours, saved in zip(final, averaged):
+        np.testing.assert_array_equal(ours, saved)
+
+
 def test_nan_loss_stops_training_and_keeps_last_good_backup(slices, tmp_path):
     keras.utils.set_random_seed(2)
     images, masks = slices["train"]
