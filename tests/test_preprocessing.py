@@ -12,6 +12,7 @@ from helpers.preprocessing import (
     kfold_patients,
     make_dataset,
     normalize,
+    split_stacked,
     split_patients,
 )
 
@@ -108,6 +109,20 @@ def test_kfold_every_patient_in_one_nonempty_fold():
 
 
 # --- Normalisation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_split_stacked_equals_normalize_and_keeps_the_mask(channels):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 7, 9, channels), dtype=np.uint8)
+    images[0, 0, :, 0] = np.arange(9) * 31  # 0 and 248 among the values
+    images[0, 1, 0, 0] = 255
+    masks = (rng.random((3, 7, 9)) < 0.4).astype(np.uint8)
+    stack = np.concatenate([images, masks[..., None]], axis=-1)
+    got_images, got_masks = split_stacked(stack)
+    assert got_images.dtype == got_masks.dtype == np.float32
+    np.testing.assert_array_equal(got_images, normalize(images).numpy())
+    np.testing.assert_array_equal(got_masks, masks[..., None].astype(np.float32))
 
 
 def test_normalize_black_and_white():
