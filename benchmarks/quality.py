@@ -131,7 +131,7 @@ def main() -> None:
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-            for k, v in vars(args).items() if v is not False),
+            for k, v in vars(args).items() if v is not False and v is not None),
         "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
         "keras": keras.__version__, "helpers": helpers.__version__,
         "patients": split["split"].value_counts().to_dict(),

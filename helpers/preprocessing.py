@@ -397,21 +397,28 @@ def augment_batch(
 def split_stacked(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split slices stacked with their masks into the model's float inputs and targets.
 
-    The last step of the training pipeline, in OpenCV: one ``mixChannels``
-    pass splits image and mask, one ``multiply`` pass scales the image to
-    0-1. The result equals ``normalize`` of the image channels bit for bit,
-    at about half the cost of the same steps in TensorFlow (slice, cast,
-    divide) on this project's 2-core machine.
+    The last step of every pipeline of ``make_dataset``, in OpenCV: one
+    ``mixChannels`` pass splits image and mask, one ``multiply`` pass scales
+    the image to 0-1 (computed in double precision, so the result equals
+    ``normalize`` of the image channels bit for bit). Both are single passes
+    over the batch that release Python's lock, where TensorFlow's slice, cast
+    and divide make three; ``benchmarks/pipeline.py`` measures the pipeline.
 
     Args:
         stack: uint8 (B, H, W, C + 1), image channels (0-255) then the mask
-            (0/1), C-ordered; C <= 3.
+            (0/1); any memory layout (a copy is made if needed).
 
     Returns:
         images float32 (B, H, W, C) in [0, 1], masks float32 (B, H, W, 1) in {0, 1}.
+
+    Raises:
+        ValueError: if the array is not uint8 (B, H, W, C + 1) with C >= 1.
     """
     import cv2
 
+    if stack.dtype != np.uint8 or stack.ndim != 4 or stack.shape[-1] < 2:
+        raise ValueError(f"Expected uint8 slices with their mask stacked as (B, H, W, C + 1), "
+                         f"got {stack.dtype} {stack.shape}.")
     count, height, width, planes = stack.shape
     channels = planes - 1
     # Rows of all slices one after another: one OpenCV image of B*H rows per call.
@@ -420,7 +427,8 @@ def split_stacked(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mask = np.empty((count * height, width), np.uint8)
     pairs = [index for k in range(planes) for index in (k, k)]
     cv2.mixChannels([rows], [image, mask], pairs)
-    scaled = cv2.multiply(image, 1.0 / 255.0, dtype=cv2.CV_32F)
+    # Seen as one channel: OpenCV before 4.9 applies a scalar to the first channel only.
+    scaled = cv2.multiply(image.reshape(count * height, width * channels), 1.0 / 255.0, dtype=cv2.CV_32F)
     return (scaled.reshape(count, height, width, channels),
             mask.astype(np.float32).reshape(count, height, width, 1))
 

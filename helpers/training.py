@@ -89,13 +89,16 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3,
             Adam keeps an exponential moving average of the weights (Polyak
             averaging); ``train`` then validates, checkpoints and ends with the
             averaged weights.
+
+    Returns:
+        The same model, compiled.
     """
     classes = model.output_shape[-1]
     metrics = [DiceScore()] if classes == 1 else [
         DiceScore(class_index=k, name=f"dice_class_{k}") for k in range(1, classes)]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum is not None,
-                                        ema_momentum=ema_momentum or 0.99),
+                                        ema_momentum=0.99 if ema_momentum is None else ema_momentum),
         loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight),
         metrics=metrics,
     )
@@ -229,6 +232,8 @@ class _KeepAveragedWeights(keras.callbacks.Callback):
         self.swap = swap
 
     def on_epoch_end(self, epoch, logs=None):
+        # Private members of SwapEMAWeights (Keras 3.15); the budget test in
+        # tests/test_training.py fails if they change.
         if self.model.stop_training and self.swap._ema_weights_in_model:
             self.swap._finalize_ema_values()
 
@@ -295,6 +300,11 @@ def train(
     its last finished epoch; kept when the loss turns NaN),
     ``history.csv`` (appended on resume) and ``logs/`` (TensorBoard).
 
+    With an optimizer compiled with ``ema_momentum``, validation, the
+    checkpoints and the model at the end use the averaged weights; training
+    goes on with the raw ones, also after a resume. The training loss and
+    Dice of the history are those of the raw weights.
+
     Args:
         model: a compiled model.
         train_dataset: batches of (image, mask) for training.
@@ -310,10 +320,6 @@ def train(
             budget) or ``"plateau"`` (halve the rate after 4 epochs without
             improvement).
 
-    With an optimizer compiled with ``ema_momentum``, validation, the
-    checkpoints and the model at the end use the averaged weights. A run
-    resumed from ``backup/`` goes on from the averaged weights of its last
-    epoch.
 
     Returns:
         The whole history (all runs), one row per epoch.
@@ -349,8 +355,13 @@ def train(
         raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'plateau'.")
     if time_budget_minutes:
         callbacks.append(TimeBudget(time_budget_minutes * 60))
-    if getattr(model.optimizer, "use_ema", False):
+    # Under mixed precision, Adam sits inside a LossScaleOptimizer.
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if getattr(optimizer, "use_ema", False):
         swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        # A backup was written after the swap: the averaged weights in the model,
+        # the raw ones in the optimizer. The first epoch of a resumed run swaps them back.
+        swap._ema_weights_in_model = (output_dir / "backup" / "latest.weights.h5").exists()
         callbacks = [swap] + callbacks + [_KeepAveragedWeights(swap)]
     started = time.monotonic()
     model.fit(train_dataset, validation_data=val_dataset, epochs=epochs,

@@ -12,8 +12,8 @@ from helpers.preprocessing import (
     kfold_patients,
     make_dataset,
     normalize,
-    split_stacked,
     split_patients,
+    split_stacked,
 )
 
 # Patients per institution, shaped like the real dataset's mix, with one
@@ -114,15 +114,33 @@ def test_kfold_every_patient_in_one_nonempty_fold():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_split_stacked_equals_normalize_and_keeps_the_mask(channels):
     rng = np.random.default_rng(5)
-    images = rng.integers(0, 256, (3, 7, 9, channels), dtype=np.uint8)
-    images[0, 0, :, 0] = np.arange(9) * 31  # 0 and 248 among the values
-    images[0, 1, 0, 0] = 255
-    masks = (rng.random((3, 7, 9)) < 0.4).astype(np.uint8)
+    # Every uint8 value in every channel, in a different order per channel.
+    values = np.stack([rng.permutation(256) for _ in range(channels)], axis=-1).astype(np.uint8)
+    images = values.reshape(4, 8, 8, channels)
+    masks = (rng.random((4, 8, 8)) < 0.4).astype(np.uint8)
     stack = np.concatenate([images, masks[..., None]], axis=-1)
-    got_images, got_masks = split_stacked(stack)
+    got_images, got_masks = split_stacked(stack[:, :, ::-1])  # a view that is not C-ordered
     assert got_images.dtype == got_masks.dtype == np.float32
-    np.testing.assert_array_equal(got_images, normalize(images).numpy())
-    np.testing.assert_array_equal(got_masks, masks[..., None].astype(np.float32))
+    np.testing.assert_array_equal(got_images, normalize(images[:, :, ::-1]).numpy())
+    np.testing.assert_array_equal(got_masks, masks[:, :, ::-1, None].astype(np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 4, 4, 4), np.float32), np.zeros((4, 4, 4), np.uint8),
+                                 np.zeros((2, 4, 4, 1), np.uint8)])
+def test_split_stacked_names_what_it_expected(bad):
+    with pytest.raises(ValueError, match=r"uint8 slices with their mask stacked as \(B, H, W, C \+ 1\)"):
+        split_stacked(bad)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_pipeline_declares_the_shapes_and_dtypes_it_delivers(training):
+    images = np.zeros((6, 16, 16, 3), np.uint8)
+    masks = np.zeros((6, 16, 16), np.uint8)
+    dataset = make_dataset(images, masks, batch_size=4, training=training)
+    assert dataset.element_spec == (tf.TensorSpec((None, 16, 16, 3), tf.float32),
+                                    tf.TensorSpec((None, 16, 16, 1), tf.float32))
+    batch_images, batch_masks = next(iter(dataset))
+    assert batch_images.shape == (4, 16, 16, 3) and batch_masks.shape == (4, 16, 16, 1)
 
 
 def test_normalize_black_and_white():

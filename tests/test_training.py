@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
 from helpers.training import compile_model, steps_per_epoch, train
@@ -129,23 +130,81 @@ def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, m
     assert best.predict(val_images[:2].astype(np.float32) / 255.0, verbose=0).shape == (2, SIZE, SIZE, 1)
 
 
-def test_averaged_weights_are_checkpointed_and_kept_when_the_budget_stops_the_run(slices, tmp_path):
+def averaging_model(loss_scale: bool = False) -> keras.Model:
+    """A tiny model whose Adam keeps a moving average of its weights (momentum 0.9)."""
+    model = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2), ema_momentum=0.9)
+    if loss_scale:  # as under mixed precision, where Keras wraps the optimizer
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(model.optimizer), loss=model.loss,
+                      metrics=[DiceScore()])
+    model.run_eagerly = True
+    return model
+
+
+def raw_and_averaged(model: keras.Model) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The trainable weights of the model and the moving averages its optimizer holds."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    return ([keras.ops.convert_to_numpy(v) for v in model.trainable_variables],
+            [keras.ops.convert_to_numpy(v) for v in optimizer._model_variables_moving_average])
+
+
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_averaged_weights_are_checkpointed_and_kept_when_the_budget_stops_the_run(slices, tmp_path, loss_scale):
     keras.utils.set_random_seed(3)
     images, masks = slices["train"]
     val_images, val_masks, val_patients = slices["val"]
-    model = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2), ema_momentum=0.9)
-    model.run_eagerly = True
+    model = averaging_model(loss_scale)
     # A budget of a fraction of a second: the run stops after its first of three epochs.
     history = train(model, make_dataset(images, masks, batch_size=4, training=True, seed=3),
                     make_dataset(val_images, val_masks, batch_size=4), tmp_path / "run", epochs=3,
                     time_budget_minutes=1e-4, val_patient_arrays=(val_images, val_masks, val_patients),
                     verbose=0)
     assert history["epoch"].tolist() == [0]
-    averaged = keras.models.load_model(tmp_path / "run" / "best.keras").get_weights()
+    best = keras.models.load_model(tmp_path / "run" / "best.keras")
+    # Saved after the swap: the averaged weights in the model, the raw ones in the optimizer's slots.
+    saved, raw = raw_and_averaged(best)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved, raw))
     final = model.get_weights()
-    assert len(final) == len(averaged)
-    for ours, saved in zip(final, averaged):
-        np.testing.assert_array_equal(ours, saved)
+    assert len(final) == len(best.get_weights())
+    for ours, kept in zip(final, best.get_weights()):
+        np.testing.assert_array_equal(ours, kept)
+
+
+class WeightsAtEpochStart(keras.callbacks.Callback):
+    """Records the raw and averaged weights when each epoch begins."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(raw_and_averaged(self.model))
+
+
+def test_resumed_averaging_run_trains_on_the_raw_weights(slices, tmp_path, monkeypatch):
+    keras.utils.set_random_seed(4)
+    images, masks = slices["train"]
+    val_images, val_masks, val_patients = slices["val"]
+    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=4)
+    val_data = make_dataset(val_images, val_masks, batch_size=4)
+    arguments = dict(epochs=3, val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+
+    first = averaging_model()
+    add_callback(monkeypatch, first, EpochRecorder(stop_after=0))
+    with pytest.raises(Interrupted):
+        train(first, train_data, val_data, tmp_path / "run", **arguments)
+    # After epoch 0 the swap left the averaged weights in the model and the raw ones in the slots.
+    averaged_then, raw_then = raw_and_averaged(first)
+
+    second = averaging_model()
+    seen = WeightsAtEpochStart()
+    add_callback(monkeypatch, second, seen)
+    train(second, train_data, val_data, tmp_path / "run", **arguments)
+    raw_now, averaged_now = seen.seen[0]
+    assert any(not np.array_equal(a, b) for a, b in zip(raw_then, averaged_then))
+    for now, then in zip(raw_now, raw_then):
+        np.testing.assert_array_equal(now, then)
+    for now, then in zip(averaged_now, averaged_then):
+        np.testing.assert_array_equal(now, then)
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_backup(slices, tmp_path):
