@@ -13,7 +13,11 @@ import os
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # Keras on JAX or PyTorch: the NumPy and OpenCV functions still work.
+    tf = None
 
 from helpers.data import check_split_leakage
 

@@ -15,7 +15,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # Keras on JAX or PyTorch: ``train`` works, without TensorBoard logs.
+    tf = None
 
 from helpers.losses import DiceBCELoss, DiceScore
 from helpers.metrics import confusion_counts, scores_from_counts
@@ -51,11 +55,26 @@ def choose_profile(**overrides) -> dict:
     Returns:
         The profile dict, with ``device`` naming what was found.
     """
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = count_gpus()
     profile = dict(GPU_PROFILE if gpus else CPU_PROFILE)
     profile.update({k: v for k, v in overrides.items() if v is not None})
-    profile["device"] = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    profile["device"] = f"{gpus} GPU(s)" if gpus else "CPU"
     return profile
+
+
+def count_gpus() -> int:
+    """GPUs visible to TensorFlow, or to Keras' JAX or PyTorch backend where TensorFlow is absent."""
+    if tf is not None:
+        return len(tf.config.list_physical_devices("GPU"))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return sum(device.platform == "gpu" for device in jax.devices())
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return 0
 
 
 def choose_strategy() -> tf.distribute.Strategy:
@@ -343,9 +362,12 @@ def train(
         _BackupUnlessNaN(str(output_dir / "backup"), delete_checkpoint=False),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
-        keras.callbacks.TensorBoard(str(output_dir / "logs")),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience),
     ]
+    if tf is not None:  # Keras writes TensorBoard logs through TensorFlow.
+        callbacks.append(keras.callbacks.TensorBoard(str(output_dir / "logs")))
+    else:
+        print("TensorFlow is not installed: no TensorBoard logs (history.csv holds the curves).")
     if schedule == "cosine":
         budget = time_budget_minutes * 60 if time_budget_minutes else None
         callbacks.insert(0, CosineDecay(epochs, budget))
@@ -380,11 +402,18 @@ def steps_per_epoch(n_slices: int, batch_size: int) -> int:
 
 
 def describe_device() -> str:
-    """A one-line description of the devices TensorFlow sees."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
+    """A one-line description of the devices TensorFlow (or, without it, Keras' JAX backend) sees."""
+    if tf is not None:
+        gpus = tf.config.list_physical_devices("GPU")
         names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        names = [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+    else:
+        names = [f"GPU {k}" for k in range(count_gpus())]
+    if names:
+        return f"{len(names)} GPU(s): {', '.join(names)}"
     import os
 
     return f"CPU only ({os.cpu_count()} cores)"

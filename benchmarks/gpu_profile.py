@@ -1,0 +1,224 @@
+"""Train the GPU profile on a GPU machine that has Keras and JAX but no TensorFlow.
+
+On Colab, notebook 04 trains the GPU profile with TensorFlow. The GPU machine
+this project could borrow has JAX, no TensorFlow, no network, and takes at
+most 64 MiB of files with it, so the measurement runs in three steps:
+
+1. Here: pack the training and validation patients' slices (the split of
+   ``quality.py``, seed 42) into one file. The images travel as JPEG at
+   ``--jpeg-quality`` (the lossless slices would not fit); the masks
+   losslessly. The mean absolute change of the pixels is printed and stored.
+
+       python benchmarks/gpu_profile.py pack --data-dir ../shared/lgg --out .gpu/slices.npz
+
+2. On the GPU machine, with the Keras wheel carried there: train the GPU
+   profile (input 256, width 32, batch 16, 60 epochs, mixed precision) with
+   ``helpers.training.train`` under Keras' JAX backend, fed by the same
+   augmentation as the tf.data pipeline (``augment_stacked``,
+   ``split_stacked``) through a ``keras.utils.PyDataset``. Writes
+   ``best.keras`` (float32, no optimizer; split into ``best.keras.part*``
+   when larger than ``--part-mib``), ``history.csv``, ``training_time.json``
+   and ``device.json`` under ``--out``.
+
+       KERAS_BACKEND=jax python benchmarks/gpu_profile.py train --pack .gpu/slices.npz --out $OUT/run
+
+3. Here, with TensorFlow, on the original lossless slices: join the parts,
+   choose the post-processing on the validation patients and score the test
+   patients, whom the model never saw.
+
+       cat run/best.keras.part* > artifacts/gpu/run/best.keras   # with the other files of run/
+       python benchmarks/quality.py --out artifacts/gpu --input-size 256 --width 32 --evaluate-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def pack(args: argparse.Namespace) -> None:
+    """Write the training and validation slices, as JPEG, with masks, patients and sides."""
+    import cv2
+
+    from helpers import data, preprocessing
+
+    manifest = data.build_manifest(data.resolve_data_dir(args.data_dir))
+    report = data.validate_manifest(manifest)
+    if not report.ok:
+        raise SystemExit(str(report))
+    split = preprocessing.split_patients(manifest, seed=args.seed)
+    arrays = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=Path("artifacts/cache"))
+    encoded, sides, patients, masks, errors = [], [], [], [], []
+    for side in ("train", "val"):
+        images, side_masks, rows = arrays[side]
+        for image in images:
+            ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, args.jpeg_quality,
+                                                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+            if not ok:
+                raise RuntimeError(f"OpenCV could not encode a slice of {side} as JPEG.")
+            encoded.append(buffer.ravel())
+            errors.append(np.abs(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED).astype(np.int16) - image).mean())
+        masks.append(np.packbits(side_masks.astype(bool), axis=-1))
+        sides += [side] * len(images)
+        patients += rows["patient"].tolist()
+    offsets = np.cumsum([0] + [len(b) for b in encoded])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, jpeg=np.concatenate(encoded), offsets=offsets, masks=np.concatenate(masks),
+                        side=np.array(sides), patient=np.array(patients),
+                        jpeg_quality=args.jpeg_quality, mean_abs_error=np.mean(errors))
+    print(f"{out}: {len(encoded)} slices ({sides.count('train')} train, {sides.count('val')} val), "
+          f"{out.stat().st_size / 2**20:.1f} MiB; JPEG quality {args.jpeg_quality} changes a pixel by "
+          f"{np.mean(errors):.2f} grey levels on average.")
+
+
+def unpack(path: str | Path) -> dict:
+    """Decode a pack: uint8 stacks (N, 256, 256, 4) per side, and each slice's patient."""
+    import cv2
+
+    packed = np.load(path)
+    offsets, jpeg = packed["offsets"], packed["jpeg"]
+    masks = np.unpackbits(packed["masks"], axis=-1)
+    stacks = np.empty((len(offsets) - 1, 256, 256, 4), np.uint8)
+    for k in range(len(stacks)):
+        stacks[k, ..., :3] = cv2.imdecode(jpeg[offsets[k]:offsets[k + 1]], cv2.IMREAD_UNCHANGED)
+    stacks[..., 3] = masks
+    return {side: (stacks[packed["side"] == side], packed["patient"][packed["side"] == side])
+            for side in ("train", "val")} | {"mean_abs_error": float(packed["mean_abs_error"]),
+                                             "jpeg_quality": int(packed["jpeg_quality"])}
+
+
+def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int, workers: int):
+    """A ``keras.utils.PyDataset`` of (images float32 0-1, masks float32 0/1) batches.
+
+    Training batches are shuffled each epoch, augmented by ``augment_stacked``
+    (seeded by the seed, the epoch and the batch) and complete (the last
+    partial batch is dropped, so the compiled step keeps one shape).
+    """
+    import keras
+
+    from helpers.preprocessing import augment_stacked, split_stacked
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self):
+            if not training:
+                return np.arange(len(stacks))
+            return np.random.default_rng([seed, self.epoch]).permutation(len(stacks))
+
+        def __len__(self):
+            count = len(stacks) / batch_size
+            return int(count) if training else math.ceil(count)
+
+        def __getitem__(self, index):
+            rows = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            batch = stacks[rows]
+            if training:
+                batch = augment_stacked(batch, (seed, self.epoch * 100_003 + index))
+            return split_stacked(batch)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
+
+
+def train_profile(args: argparse.Namespace) -> None:
+    """Train the GPU profile with ``helpers.training.train`` and write what ``quality.py`` reads."""
+    import keras
+
+    import helpers
+    from helpers import training
+    from helpers.model import build_resunet
+
+    started = time.monotonic()
+    profile = dict(training.GPU_PROFILE, device=training.describe_device())
+    profile["epochs"] = args.epochs or profile["epochs"]
+    print(f"Keras {keras.__version__} on {keras.backend.backend()}; {training.describe_device()}")
+    print(json.dumps(profile, indent=2))
+    arrays = unpack(args.pack)
+    train_stacks, _ = arrays["train"]
+    val_stacks, val_patients = arrays["val"]
+    print(f"Decoded {len(train_stacks)} training and {len(val_stacks)} validation slices "
+          f"in {time.monotonic() - started:.0f} s.")
+    keras.utils.set_random_seed(args.seed)
+    if profile["mixed_precision"]:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    size, width = profile["input_size"], profile["base_filters"]
+    model = training.compile_model(build_resunet((size, size, 3), width))
+    train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers)
+    val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
+    out = Path(args.out)
+    history = training.train(
+        model, train_batches, val_batches, out, epochs=profile["epochs"],
+        time_budget_minutes=args.minutes, patience=args.patience,
+        val_patient_arrays=(val_stacks[..., :3], val_stacks[..., 3], val_patients),
+    )
+    seconds = json.loads((out / "training_time.json").read_text())["seconds"]
+
+    # float32 and without the optimizer, so that it loads and predicts anywhere, CPUs included.
+    keras.mixed_precision.set_global_policy("float32")
+    best = keras.models.load_model(out / "best.keras", compile=False)
+    clean = build_resunet((size, size, 3), width)
+    clean.set_weights(best.get_weights())
+    clean.save(out / "best.keras")
+    size_bytes = (out / "best.keras").stat().st_size
+    part = int(args.part_mib * 2**20)
+    if size_bytes > part:
+        content = (out / "best.keras").read_bytes()
+        for k in range(math.ceil(size_bytes / part)):
+            (out / f"best.keras.part{k}").write_bytes(content[k * part:(k + 1) * part])
+        (out / "best.keras").unlink()
+    (out / "device.json").write_text(json.dumps({
+        "device": training.describe_device(),
+        "backend": f"Keras {keras.__version__} on {keras.backend.backend()}",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+        "helpers": helpers.__version__,
+        "profile": profile,
+        "jpeg_quality": arrays["jpeg_quality"], "jpeg_mean_abs_error": arrays["mean_abs_error"],
+        "train_slices": len(train_stacks), "val_slices": len(val_stacks),
+        "epochs_run": len(history), "training_seconds": seconds,
+        "training_slices_per_second": len(history) * len(train_batches) * profile["batch_size"] / seconds,
+        "model_bytes": size_bytes,
+        "command": "KERAS_BACKEND=jax python benchmarks/gpu_profile.py train " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "step"),
+    }, indent=2))
+    print((out / "device.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = parser.add_subparsers(dest="step", required=True)
+    packing = steps.add_parser("pack", help="pack the training and validation slices (here)")
+    packing.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    packing.add_argument("--out", default=".gpu/slices.npz", help="the pack to write (default: %(default)s)")
+    packing.add_argument("--jpeg-quality", type=int, default=92, help="JPEG quality of the images (default: %(default)s)")
+    packing.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
+    fitting = steps.add_parser("train", help="train the GPU profile (on the GPU machine)")
+    fitting.add_argument("--pack", default=".gpu/slices.npz", help="the pack to read (default: %(default)s)")
+    fitting.add_argument("--out", default="artifacts/gpu/run", help="output folder (default: %(default)s)")
+    fitting.add_argument("--epochs", type=int, default=None, help="most epochs (default: the profile's)")
+    fitting.add_argument("--minutes", type=float, default=6.0, help="training budget (default: %(default)s)")
+    fitting.add_argument("--patience", type=int, default=20, help="early-stopping patience (default: %(default)s)")
+    fitting.add_argument("--workers", type=int, default=12, help="threads preparing batches (default: %(default)s)")
+    fitting.add_argument("--part-mib", type=float, default=15.0,
+                         help="split the saved model into parts of this size (default: %(default)s)")
+    fitting.add_argument("--seed", type=int, default=42, help="seed of shuffling and init (default: %(default)s)")
+    args = parser.parse_args()
+    pack(args) if args.step == "pack" else train_profile(args)
+
+
+if __name__ == "__main__":
+    main()
