@@ -135,6 +135,20 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
     return Batches()
 
 
+def _loss_scale_logger():
+    import keras
+
+    class LogLossScale(keras.callbacks.Callback):
+        """Log the dynamic loss scale of mixed float16 (it halves at each step whose gradients overflow)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            scale = getattr(self.model.optimizer, "dynamic_scale", None)
+            if logs is not None and scale is not None:
+                logs["loss_scale"] = float(keras.ops.convert_to_numpy(scale))
+
+    return LogLossScale
+
+
 def train_profile(args: argparse.Namespace) -> None:
     """Train the GPU profile with ``helpers.training.train`` and write what ``quality.py`` reads."""
     import keras
@@ -154,15 +168,16 @@ def train_profile(args: argparse.Namespace) -> None:
     print(f"Decoded {len(train_stacks)} training and {len(val_stacks)} validation slices "
           f"in {time.monotonic() - started:.0f} s.")
     keras.utils.set_random_seed(args.seed)
-    if profile["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = args.policy or ("mixed_float16" if profile["mixed_precision"] else "float32")
+    profile["policy"] = policy
+    keras.mixed_precision.set_global_policy(policy)
     size, width = profile["input_size"], profile["base_filters"]
     model = training.compile_model(build_resunet((size, size, 3), width))
     train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers)
     val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
     out = Path(args.out)
     history = training.train(
-        model, train_batches, val_batches, out, epochs=profile["epochs"],
+        model, train_batches, val_batches, out, epochs=profile["epochs"], extra_callbacks=[_loss_scale_logger()()],
         time_budget_minutes=args.minutes, patience=args.patience,
         val_patient_arrays=(val_stacks[..., :3], val_stacks[..., 3], val_patients),
     )
@@ -216,6 +231,8 @@ def main() -> None:
     fitting.add_argument("--part-mib", type=float, default=15.0,
                          help="split the saved model into parts of this size (default: %(default)s)")
     fitting.add_argument("--seed", type=int, default=42, help="seed of shuffling and init (default: %(default)s)")
+    fitting.add_argument("--policy", choices=("float32", "mixed_float16", "mixed_bfloat16"), default=None,
+                         help="Keras dtype policy (default: mixed_float16, as the profile's mixed precision)")
     args = parser.parse_args()
     pack(args) if args.step == "pack" else train_profile(args)
 

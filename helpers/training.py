@@ -310,6 +310,7 @@ def train(
     val_patient_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     verbose: int | str = 2,
     schedule: str = "cosine",
+    extra_callbacks: list | None = None,
 ) -> pd.DataFrame:
     """Fit a compiled model with checkpointing, resumption and logging.
 
@@ -338,7 +339,8 @@ def train(
         schedule: ``"cosine"`` (``CosineDecay`` over the epochs or the time
             budget) or ``"plateau"`` (halve the rate after 4 epochs without
             improvement).
-
+        extra_callbacks: more callbacks, run before the checkpoint and the
+            CSV history (so what they add to the logs is saved).
 
     Returns:
         The whole history (all runs), one row per epoch.
@@ -357,6 +359,7 @@ def train(
     callbacks = []
     if val_patient_arrays is not None:
         callbacks.append(PatientDice(*val_patient_arrays))
+    callbacks += list(extra_callbacks or [])
     callbacks += [
         checkpoint,
         _BackupUnlessNaN(str(output_dir / "backup"), delete_checkpoint=False),
