@@ -95,16 +95,25 @@ def unpack(path: str | Path) -> dict:
                                              "jpeg_quality": int(packed["jpeg_quality"])}
 
 
-def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int, workers: int):
+def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int, workers: int,
+                 oversample_tumour: float = 0.0):
     """A ``keras.utils.PyDataset`` of (images float32 0-1, masks float32 0/1) batches.
 
     Training batches are shuffled each epoch, augmented by ``augment_stacked``
     (seeded by the seed, the epoch and the batch) and complete (the last
-    partial batch is dropped, so the compiled step keeps one shape).
+    partial batch is dropped, so the compiled step keeps one shape). As in
+    ``make_dataset``, ``oversample_tumour`` adds that share of the tumour
+    slices again, drawn once with the seed.
     """
     import keras
 
     from helpers.preprocessing import augment_stacked, split_stacked
+
+    indices = np.arange(len(stacks))
+    if training and oversample_tumour > 0:
+        tumour = indices[stacks[..., 3].reshape(len(stacks), -1).max(axis=1) > 0]
+        extra = np.random.default_rng(seed).choice(tumour, size=int(round(len(tumour) * oversample_tumour)))
+        indices = np.concatenate([indices, extra])
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -114,11 +123,11 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
 
         def _order(self):
             if not training:
-                return np.arange(len(stacks))
-            return np.random.default_rng([seed, self.epoch]).permutation(len(stacks))
+                return indices
+            return np.random.default_rng([seed, self.epoch]).permutation(indices)
 
         def __len__(self):
-            count = len(stacks) / batch_size
+            count = len(indices) / batch_size
             return int(count) if training else math.ceil(count)
 
         def __getitem__(self, index):
@@ -173,7 +182,8 @@ def train_profile(args: argparse.Namespace) -> None:
     keras.mixed_precision.set_global_policy(policy)
     size, width = profile["input_size"], profile["base_filters"]
     model = training.compile_model(build_resunet((size, size, 3), width))
-    train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers)
+    train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers,
+                                 profile["oversample_tumour"])
     val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
     out = Path(args.out)
     history = training.train(

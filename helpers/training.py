@@ -32,7 +32,7 @@ GPU_PROFILE = {
     "epochs": 60,
     "time_budget_minutes": None,
     "mixed_precision": True,
-    "oversample_tumour": 0.0,
+    "oversample_tumour": 0.5,
 }
 CPU_PROFILE = {
     "name": "cpu",
