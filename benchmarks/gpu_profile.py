@@ -53,7 +53,7 @@ def pack(args: argparse.Namespace) -> None:
     if not report.ok:
         raise SystemExit(str(report))
     split = preprocessing.split_patients(manifest, seed=args.seed)
-    arrays = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=Path("artifacts/cache"))
+    arrays = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=args.cache_dir, show_progress=False)
     encoded, sides, patients, masks, errors = [], [], [], [], []
     for side in ("train", "val"):
         images, side_masks, rows = arrays[side]
@@ -231,6 +231,7 @@ def main() -> None:
     packing.add_argument("--out", default=".gpu/slices.npz", help="the pack to write (default: %(default)s)")
     packing.add_argument("--jpeg-quality", type=int, default=92, help="JPEG quality of the images (default: %(default)s)")
     packing.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
+    packing.add_argument("--cache-dir", default="artifacts/cache", help="decoded-slice cache (default: %(default)s)")
     fitting = steps.add_parser("train", help="train the GPU profile (on the GPU machine)")
     fitting.add_argument("--pack", default=".gpu/slices.npz", help="the pack to read (default: %(default)s)")
     fitting.add_argument("--out", default="artifacts/gpu/run", help="output folder (default: %(default)s)")
