@@ -218,7 +218,7 @@ def train_profile(args: argparse.Namespace) -> None:
         "training_slices_per_second": len(history) * len(train_batches) * profile["batch_size"] / seconds,
         "model_bytes": size_bytes,
         "command": "KERAS_BACKEND=jax python benchmarks/gpu_profile.py train " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "step"),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "step" and v is not None),
     }, indent=2))
     print((out / "device.json").read_text())
 
