@@ -9,11 +9,13 @@ most 64 MiB of files with it, so the measurement runs in three steps:
    ``--jpeg-quality`` (the lossless slices would not fit); the masks
    losslessly. The mean absolute change of the pixels is printed and stored.
 
-       python benchmarks/gpu_profile.py pack --data-dir ../shared/lgg --out .gpu/slices.npz
+       python benchmarks/gpu_profile.py pack --data-dir ../shared/lgg --out .gpu/slices.npz --jpeg-quality 95
 
 2. On the GPU machine, with the Keras wheel carried there: train the GPU
-   profile (input 256, width 32, batch 16, 60 epochs, mixed precision) with
-   ``helpers.training.train`` under Keras' JAX backend, fed by the same
+   profile (input 256, width 32, batch 16, 60 epochs, mixed precision,
+   tumour oversampling 0.5) within ``--minutes`` (6 by default: the machine
+   is lent for minutes) with ``helpers.training.train`` under Keras' JAX
+   backend, fed by the same
    augmentation as the tf.data pipeline (``augment_stacked``,
    ``split_stacked``) through a ``keras.utils.PyDataset``. Writes
    ``best.keras`` (float32, no optimizer; split into ``best.keras.part*``
@@ -26,7 +28,7 @@ most 64 MiB of files with it, so the measurement runs in three steps:
    choose the post-processing on the validation patients and score the test
    patients, whom the model never saw.
 
-       cat run/best.keras.part* > artifacts/gpu/run/best.keras   # with the other files of run/
+       cat run/best.keras.part?? > artifacts/gpu/run/best.keras   # with the other files of run/
        python benchmarks/quality.py --out artifacts/gpu --input-size 256 --width 32 --evaluate-only
 """
 
@@ -80,7 +82,16 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def unpack(path: str | Path) -> dict:
-    """Decode a pack: uint8 stacks (N, 256, 256, 4) per side, and each slice's patient."""
+    """Decode a pack written by ``pack``.
+
+    Args:
+        path: the ``.npz`` pack.
+
+    Returns:
+        ``{"train": (stacks, patients), "val": (stacks, patients), "mean_abs_error": float,
+        "jpeg_quality": int}``: uint8 stacks (N, 256, 256, 4), image channels
+        0-255 then the mask 0/1, and the patient of each slice (N,).
+    """
     import cv2
 
     packed = np.load(path)
@@ -97,13 +108,25 @@ def unpack(path: str | Path) -> dict:
 
 def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int, workers: int,
                  oversample_tumour: float = 0.0):
-    """A ``keras.utils.PyDataset`` of (images float32 0-1, masks float32 0/1) batches.
+    """A ``keras.utils.PyDataset`` of (images, masks) batches, for a machine without tf.data.
 
     Training batches are shuffled each epoch, augmented by ``augment_stacked``
     (seeded by the seed, the epoch and the batch) and complete (the last
     partial batch is dropped, so the compiled step keeps one shape). As in
     ``make_dataset``, ``oversample_tumour`` adds that share of the tumour
     slices again, drawn once with the seed.
+
+    Args:
+        stacks: uint8 (N, H, W, C + 1), image channels 0-255 then the mask 0/1.
+        batch_size: slices per batch.
+        training: shuffle, oversample and augment (else every slice, in order).
+        seed: seed of the shuffling, the oversampling and the augmentation.
+        workers: threads preparing batches.
+        oversample_tumour: extra share of tumour slices per epoch (training only).
+
+    Returns:
+        A PyDataset whose items are float32 images (B, H, W, C) in [0, 1] and
+        float32 masks (B, H, W, 1) in {0, 1}.
     """
     import keras
 
@@ -167,7 +190,10 @@ def train_profile(args: argparse.Namespace) -> None:
     from helpers.model import build_resunet
 
     started = time.monotonic()
-    profile = dict(training.GPU_PROFILE, device=training.describe_device())
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: a run there would resume from its backup. Choose a new --out.")
+    profile = dict(training.GPU_PROFILE, device=training.describe_device(), time_budget_minutes=args.minutes)
     profile["epochs"] = args.epochs or profile["epochs"]
     print(f"Keras {keras.__version__} on {keras.backend.backend()}; {training.describe_device()}")
     print(json.dumps(profile, indent=2))
@@ -179,13 +205,13 @@ def train_profile(args: argparse.Namespace) -> None:
     keras.utils.set_random_seed(args.seed)
     policy = args.policy or ("mixed_float16" if profile["mixed_precision"] else "float32")
     profile["policy"] = policy
+    profile["mixed_precision"] = policy != "float32"
     keras.mixed_precision.set_global_policy(policy)
     size, width = profile["input_size"], profile["base_filters"]
     model = training.compile_model(build_resunet((size, size, 3), width))
     train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers,
                                  profile["oversample_tumour"])
     val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
-    out = Path(args.out)
     history = training.train(
         model, train_batches, val_batches, out, epochs=profile["epochs"], extra_callbacks=[_loss_scale_logger()()],
         time_budget_minutes=args.minutes, patience=args.patience,
@@ -204,12 +230,13 @@ def train_profile(args: argparse.Namespace) -> None:
     if size_bytes > part:
         content = (out / "best.keras").read_bytes()
         for k in range(math.ceil(size_bytes / part)):
-            (out / f"best.keras.part{k}").write_bytes(content[k * part:(k + 1) * part])
+            (out / f"best.keras.part{k:02d}").write_bytes(content[k * part:(k + 1) * part])
         (out / "best.keras").unlink()
     (out / "device.json").write_text(json.dumps({
         "device": training.describe_device(),
         "backend": f"Keras {keras.__version__} on {keras.backend.backend()}",
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, Python {platform.python_version()}",
+        "versions": _versions(),
         "helpers": helpers.__version__,
         "profile": profile,
         "jpeg_quality": arrays["jpeg_quality"], "jpeg_mean_abs_error": arrays["mean_abs_error"],
@@ -223,13 +250,28 @@ def train_profile(args: argparse.Namespace) -> None:
     print((out / "device.json").read_text())
 
 
+def _versions() -> dict:
+    """Versions of the backend's libraries and OpenCV, for the record."""
+    from importlib import metadata
+
+    import cv2
+
+    found = {"opencv": cv2.__version__, "numpy": np.__version__}
+    for name in ("jax", "jaxlib", "torch", "tensorflow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
     packing = steps.add_parser("pack", help="pack the training and validation slices (here)")
     packing.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
     packing.add_argument("--out", default=".gpu/slices.npz", help="the pack to write (default: %(default)s)")
-    packing.add_argument("--jpeg-quality", type=int, default=92, help="JPEG quality of the images (default: %(default)s)")
+    packing.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the images (default: %(default)s)")
     packing.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
     packing.add_argument("--cache-dir", default="artifacts/cache", help="decoded-slice cache (default: %(default)s)")
     fitting = steps.add_parser("train", help="train the GPU profile (on the GPU machine)")

@@ -24,6 +24,14 @@ from helpers.data import check_split_leakage
 SPLITS = ("train", "val", "test")
 
 
+def require_tensorflow(what: str) -> None:
+    """Raise a helpful ImportError when TensorFlow, which ``what`` needs, is not installed."""
+    if tf is None:
+        raise ImportError(f"helpers: {what} needs TensorFlow, which is not installed. Install the project's "
+                          "requirements (make install), or, under Keras' JAX or PyTorch backend, feed Keras a "
+                          "keras.utils.PyDataset as benchmarks/gpu_profile.py does.")
+
+
 def split_patients(
     manifest: pd.DataFrame,
     val_fraction: float = 0.15,
@@ -174,6 +182,7 @@ def normalize(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     Returns:
         float32 tensor of the same shape, values 0-1.
     """
+    require_tensorflow("normalize")
     return tf.cast(images, tf.float32) / 255.0
 
 
@@ -380,6 +389,7 @@ def augment_batch(
         images of the input's dtype (B, H, W, C) and masks of the masks'
         dtype (B, H, W, 1), values 0 and 1.
     """
+    require_tensorflow("augment_batch")
     images = tf.convert_to_tensor(images)
     masks = tf.convert_to_tensor(masks)
     if seed is None:
@@ -505,6 +515,7 @@ def make_dataset(
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
         (B, H, W, 1) in {0, 1}).
     """
+    require_tensorflow("make_dataset")
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
         # In chunks, so that memory-mapped masks are never read whole into memory.
@@ -630,6 +641,7 @@ def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int 
     Returns:
         ``{"slices_per_second": float, "batches": int, "seconds": float}``.
     """
+    require_tensorflow("measure_throughput")
     import time
 
     iterator = iter(dataset.repeat())

@@ -23,6 +23,7 @@ except ImportError:  # Keras on JAX or PyTorch: ``train`` works, without TensorB
 
 from helpers.losses import DiceBCELoss, DiceScore
 from helpers.metrics import confusion_counts, scores_from_counts
+from helpers.preprocessing import require_tensorflow
 
 GPU_PROFILE = {
     "name": "gpu",
@@ -63,7 +64,11 @@ def choose_profile(**overrides) -> dict:
 
 
 def count_gpus() -> int:
-    """GPUs visible to TensorFlow, or to Keras' JAX or PyTorch backend where TensorFlow is absent."""
+    """The number of GPUs TensorFlow sees, or, where it is absent, Keras' JAX or PyTorch backend.
+
+    Returns:
+        0 or more; 0 also under a backend it cannot ask (NumPy, OpenVINO).
+    """
     if tf is not None:
         return len(tf.config.list_physical_devices("GPU"))
     if keras.backend.backend() == "jax":
@@ -79,6 +84,7 @@ def count_gpus() -> int:
 
 def choose_strategy() -> tf.distribute.Strategy:
     """TPU if one is attached (Colab), MirroredStrategy for several GPUs, else the default."""
+    require_tensorflow("choose_strategy")
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -301,8 +307,8 @@ class CosineDecay(keras.callbacks.Callback):
 
 def train(
     model: keras.Model,
-    train_dataset: tf.data.Dataset,
-    val_dataset: tf.data.Dataset,
+    train_dataset,
+    val_dataset,
     output_dir: str | Path,
     epochs: int = 40,
     time_budget_minutes: float | None = None,
@@ -318,7 +324,8 @@ def train(
     per-patient Dice, or validation Dice without patient arrays),
     ``backup/`` (``BackupAndRestore``: a killed run started again resumes at
     its last finished epoch; kept when the loss turns NaN),
-    ``history.csv`` (appended on resume) and ``logs/`` (TensorBoard).
+    ``history.csv`` (appended on resume) and ``logs/`` (TensorBoard, when
+    TensorFlow is installed).
 
     With an optimizer compiled with ``ema_momentum``, validation, the
     checkpoints and the model at the end use the averaged weights; training
@@ -327,8 +334,10 @@ def train(
 
     Args:
         model: a compiled model.
-        train_dataset: batches of (image, mask) for training.
-        val_dataset: batches of (image, mask) for validation.
+        train_dataset: batches of (image, mask) for training: a
+            ``tf.data.Dataset`` (``make_dataset``), or anything ``fit`` takes,
+            such as a ``keras.utils.PyDataset``.
+        val_dataset: batches of (image, mask) for validation, likewise.
         output_dir: folder for checkpoints and logs.
         epochs: the most epochs to run (counting those before a resume).
         time_budget_minutes: stop before an epoch would end past this.

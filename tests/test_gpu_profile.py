@@ -7,20 +7,23 @@ backend); here the pack round trip and the PyDataset run under TensorFlow.
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import pytest
 
-from helpers import preprocessing
+from helpers import preprocessing, training
 from helpers.data import build_manifest, load_arrays
 from helpers.synthetic import make_synthetic_dataset
 from helpers.training import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu_profile  # noqa: E402
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_profile.py"
+_SPEC = importlib.util.spec_from_file_location("gpu_profile", _SCRIPT)
+gpu_profile = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(gpu_profile)
 
 
 def test_pack_keeps_masks_and_split_and_bounds_the_jpeg_error(tmp_path):
@@ -108,7 +111,18 @@ def test_validation_batches_keep_every_slice_in_order():
     np.testing.assert_array_equal(np.concatenate([batches[k][1] for k in range(3)])[..., 0], stacks[..., 3])
 
 
-def test_train_logs_what_extra_callbacks_add(synthetic_arrays, tmp_path):
+def test_without_tensorflow_the_tf_data_functions_say_what_to_do(monkeypatch, synthetic_arrays):
+    monkeypatch.setattr(preprocessing, "tf", None)
+    monkeypatch.setattr(training, "tf", None)
+    images, masks = synthetic_arrays
+    with pytest.raises(ImportError, match="make_dataset needs TensorFlow.*PyDataset"):
+        preprocessing.make_dataset(images, masks, batch_size=4)
+    with pytest.raises(ImportError, match="choose_strategy needs TensorFlow"):
+        training.choose_strategy()
+    assert training.count_gpus() == 0 and training.describe_device().startswith("CPU only")
+
+
+def test_train_logs_what_extra_callbacks_add(synthetic_arrays, tmp_path, monkeypatch):
     class AddToLogs(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs["extra_figure"] = 0.25 + epoch
@@ -122,3 +136,17 @@ def test_train_logs_what_extra_callbacks_add(synthetic_arrays, tmp_path):
     train(model, batches, val, tmp_path / "run", epochs=2, verbose=0, extra_callbacks=[AddToLogs()])
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["extra_figure"].tolist() == [0.25, 1.25]
+    assert (tmp_path / "run" / "logs").is_dir()
+
+    # Without TensorFlow (Keras on JAX), the same run writes no TensorBoard logs and still trains.
+    monkeypatch.setattr(training, "tf", None)
+    train(model, batches, val, tmp_path / "run_without_tf", epochs=1, verbose=0)
+    assert not (tmp_path / "run_without_tf" / "logs").exists()
+    assert len(pd.read_csv(tmp_path / "run_without_tf" / "history.csv")) == 1
+
+
+def test_train_refuses_an_output_folder_in_use(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch\n0\n")
+    arguments = argparse.Namespace(out=str(tmp_path), pack="unused.npz", minutes=1.0, epochs=None)
+    with pytest.raises(SystemExit, match="is not empty"):
+        gpu_profile.train_profile(arguments)
