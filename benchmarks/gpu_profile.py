@@ -15,9 +15,9 @@ most 64 MiB of files with it, so the measurement runs in three steps:
    profile (input 256, width 32, batch 16, 60 epochs, mixed precision,
    tumour oversampling 0.5) within ``--minutes`` (6 by default: the machine
    is lent for minutes) with ``helpers.training.train`` under Keras' JAX
-   backend, fed by the same
-   augmentation as the tf.data pipeline (``augment_stacked``,
-   ``split_stacked``) through a ``keras.utils.PyDataset``. Writes
+   backend, fed by the same augmentation as the tf.data pipeline
+   (``augment_stacked``, ``split_stacked``) through a
+   ``keras.utils.PyDataset``. Writes
    ``best.keras`` (float32, no optimizer; split into ``best.keras.part*``
    when larger than ``--part-mib``), ``history.csv``, ``training_time.json``
    and ``device.json`` under ``--out``.
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -168,17 +169,16 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
 
 
 def _loss_scale_logger():
+    """A callback logging the dynamic loss scale of mixed float16 (it halves at each step whose gradients overflow)."""
     import keras
 
     class LogLossScale(keras.callbacks.Callback):
-        """Log the dynamic loss scale of mixed float16 (it halves at each step whose gradients overflow)."""
-
         def on_epoch_end(self, epoch, logs=None):
             scale = getattr(self.model.optimizer, "dynamic_scale", None)
             if logs is not None and scale is not None:
                 logs["loss_scale"] = float(keras.ops.convert_to_numpy(scale))
 
-    return LogLossScale
+    return LogLossScale()
 
 
 def train_profile(args: argparse.Namespace) -> None:
@@ -195,7 +195,7 @@ def train_profile(args: argparse.Namespace) -> None:
         raise SystemExit(f"{out} is not empty: a run there would resume from its backup. Choose a new --out.")
     profile = dict(training.GPU_PROFILE, device=training.describe_device(), time_budget_minutes=args.minutes)
     profile["epochs"] = args.epochs or profile["epochs"]
-    print(f"Keras {keras.__version__} on {keras.backend.backend()}; {training.describe_device()}")
+    print(f"Keras {keras.__version__} on {keras.backend.backend()}; {profile['device']}")
     print(json.dumps(profile, indent=2))
     arrays = unpack(args.pack)
     train_stacks, _ = arrays["train"]
@@ -213,7 +213,7 @@ def train_profile(args: argparse.Namespace) -> None:
                                  profile["oversample_tumour"])
     val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
     history = training.train(
-        model, train_batches, val_batches, out, epochs=profile["epochs"], extra_callbacks=[_loss_scale_logger()()],
+        model, train_batches, val_batches, out, epochs=profile["epochs"], extra_callbacks=[_loss_scale_logger()],
         time_budget_minutes=args.minutes, patience=args.patience,
         val_patient_arrays=(val_stacks[..., :3], val_stacks[..., 3], val_patients),
     )
@@ -233,9 +233,9 @@ def train_profile(args: argparse.Namespace) -> None:
             (out / f"best.keras.part{k:02d}").write_bytes(content[k * part:(k + 1) * part])
         (out / "best.keras").unlink()
     (out / "device.json").write_text(json.dumps({
-        "device": training.describe_device(),
+        "device": profile["device"],
         "backend": f"Keras {keras.__version__} on {keras.backend.backend()}",
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         "versions": _versions(),
         "helpers": helpers.__version__,
         "profile": profile,

@@ -69,17 +69,23 @@ def count_gpus() -> int:
     Returns:
         0 or more; 0 also under a backend it cannot ask (NumPy, OpenVINO).
     """
+    return len(_gpu_names())
+
+
+def _gpu_names() -> list[str]:
+    """The name of each GPU that TensorFlow, or without it Keras' JAX or PyTorch backend, sees."""
     if tf is not None:
-        return len(tf.config.list_physical_devices("GPU"))
+        gpus = tf.config.list_physical_devices("GPU")
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
     if keras.backend.backend() == "jax":
         import jax
 
-        return sum(device.platform == "gpu" for device in jax.devices())
+        return [device.device_kind for device in jax.devices() if device.platform == "gpu"]
     if keras.backend.backend() == "torch":
         import torch
 
-        return torch.cuda.device_count()
-    return 0
+        return [f"GPU {k}" for k in range(torch.cuda.device_count())]
+    return []
 
 
 def choose_strategy() -> tf.distribute.Strategy:
@@ -414,16 +420,8 @@ def steps_per_epoch(n_slices: int, batch_size: int) -> int:
 
 
 def describe_device() -> str:
-    """A one-line description of the devices TensorFlow (or, without it, Keras' JAX backend) sees."""
-    if tf is not None:
-        gpus = tf.config.list_physical_devices("GPU")
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-    elif keras.backend.backend() == "jax":
-        import jax
-
-        names = [device.device_kind for device in jax.devices() if device.platform == "gpu"]
-    else:
-        names = [f"GPU {k}" for k in range(count_gpus())]
+    """A one-line description of the GPUs that ``count_gpus`` finds, or of the CPU."""
+    names = _gpu_names()
     if names:
         return f"{len(names)} GPU(s): {', '.join(names)}"
     import os
