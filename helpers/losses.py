@@ -6,6 +6,15 @@ All are registered as serializable, so a saved model loads with
 Empty masks: Dice here is computed per image with a smoothing term of 1
 added to numerator and denominator, so an image whose mask and prediction
 are both empty scores 1, and a prediction on an empty mask scores near 0.
+
+Cross-entropy from a sigmoid or softmax output: under TensorFlow, Keras finds
+the logits behind the activation and computes the cross-entropy from them.
+The other backends cannot, and clip the probabilities to [1e-7, 1 - 1e-7]
+instead; a clipped pixel then has no gradient, so a model whose output has
+saturated (say, every pixel below 1e-7, an all-background prediction) can
+never leave that state. There, ``pixel_cross_entropy`` recovers the logits from the
+probabilities first, which keeps the gradient of a saturated pixel where
+TensorFlow has it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,57 @@ def soft_dice(y_true, y_pred, smooth: float = 1.0):
     intersection = ops.sum(y_true * y_pred, axis=axes)
     total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
     return (2.0 * intersection + smooth) / (total + smooth)
+
+
+# Probabilities below this are treated as this when recovering logits: a
+# sigmoid output reaches it at a logit of about -69, far past any saturation
+# seen in training, and float32 holds it without denormals.
+_TINY = 1e-30
+
+
+def logits_from_probabilities(y_pred, multiclass: bool = False):
+    """Logits that give back ``y_pred`` through a sigmoid (or a softmax).
+
+    Args:
+        y_pred: float32 probabilities, (B, H, W, 1) from a sigmoid or
+            (B, H, W, C) from a softmax over the last axis.
+        multiclass: ``y_pred`` comes from a softmax: the log-probabilities
+            are returned (logits up to a constant per pixel, which a softmax
+            ignores).
+
+    Returns:
+        float32 logits of ``y_pred``'s shape, within about +-69. Their
+        gradient with respect to the probabilities is exact wherever the
+        probability lies in [1e-30, 1 - 1e-30]; a sigmoid in float32 rounds
+        to 1 above a logit of about 17, so there it is lost.
+    """
+    log_p = ops.log(ops.maximum(y_pred, _TINY))
+    if multiclass:
+        return log_p
+    return log_p - ops.log(ops.maximum(1.0 - y_pred, _TINY))
+
+
+def pixel_cross_entropy(y_true, y_pred):
+    """Per-pixel cross-entropy of a sigmoid (one channel) or softmax output, with the gradient of the logits.
+
+    Under TensorFlow this is Keras' own binary or categorical cross-entropy,
+    which reads the logits behind the output's activation. Under the other
+    backends the logits are recovered by ``logits_from_probabilities``,
+    because Keras would clip the probabilities and lose the gradient of
+    every saturated pixel (see the module's docstring).
+
+    Args:
+        y_true: float32 (B, H, W, C), 0/1 (one-hot when C > 1).
+        y_pred: float32 (B, H, W, C), probabilities.
+
+    Returns:
+        float32 (B, H, W): cross-entropy per pixel.
+    """
+    multiclass = y_pred.shape[-1] > 1
+    loss = keras.losses.categorical_crossentropy if multiclass else keras.losses.binary_crossentropy
+    if keras.backend.backend() == "tensorflow":
+        return loss(y_true, y_pred)
+    return loss(y_true, logits_from_probabilities(y_pred, multiclass), from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package="helpers")
@@ -64,12 +124,12 @@ class DiceBCELoss(keras.losses.Loss):
         pixel_axes = tuple(range(1, len(y_pred.shape) - 1))
         if y_pred.shape[-1] == 1:
             dice = 1.0 - soft_dice(y_true, y_pred, self.smooth)
-            cross_entropy = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=pixel_axes)
+            cross_entropy = ops.mean(pixel_cross_entropy(y_true, y_pred), axis=pixel_axes)
         else:
             per_class = [soft_dice(y_true[..., k:k + 1], y_pred[..., k:k + 1], self.smooth)
                          for k in range(1, y_pred.shape[-1])]
             dice = 1.0 - ops.mean(ops.stack(per_class, axis=-1), axis=-1)
-            cross_entropy = ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred), axis=pixel_axes)
+            cross_entropy = ops.mean(pixel_cross_entropy(y_true, y_pred), axis=pixel_axes)
         return self.dice_weight * dice + self.bce_weight * cross_entropy
 
     def get_config(self):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
 from helpers import metrics
-from helpers.losses import DiceBCELoss, DiceScore, soft_dice
+from helpers.losses import DiceBCELoss, DiceScore, logits_from_probabilities, soft_dice
 
 
 def as_batch(*rows_2x2) -> np.ndarray:
@@ -81,6 +82,61 @@ def test_dice_bce_loss_config_round_trip():
 
 
 # --- DiceScore ------------------------------------------------------------------------------
+
+
+def test_logits_from_probabilities_invert_sigmoid_and_softmax():
+    z = np.linspace(-40, 8, 25, dtype=np.float32)[None, :, None, None]
+    recovered = keras.ops.convert_to_numpy(logits_from_probabilities(keras.ops.sigmoid(z)))
+    np.testing.assert_allclose(recovered, z, atol=2e-3, rtol=2e-4)
+    # A softmax ignores a constant per pixel: the log-probabilities give the probabilities back.
+    logits = np.array([[[[-40.0, 3.0, 0.5]]]], np.float32)
+    probabilities = keras.ops.softmax(logits)
+    again = keras.ops.softmax(logits_from_probabilities(probabilities, multiclass=True))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again), keras.ops.convert_to_numpy(probabilities),
+                               rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_cross_entropy_keeps_the_gradient_of_a_saturated_output(classes):
+    """An output saturated on the wrong answer must still be pulled back.
+
+    The model predicts background with a logit margin of 30 on every pixel; a
+    quarter of the pixels are tumour. From the logits, cross-entropy's
+    gradient with respect to the output bias is (p - y) averaged over the
+    pixels: -1/4 (binary) or +-1/4 per class (softmax). Clipping the
+    probabilities, as Keras does under JAX, would make it 0, and the model
+    could never leave an all-background prediction.
+    """
+    backend = keras.backend.backend()
+    bias = np.zeros(classes, np.float32)
+    bias[0] = -30.0 if classes == 1 else 30.0  # background certain
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Conv2D(classes, 1, activation="sigmoid" if classes == 1 else "softmax",
+                                  kernel_initializer="zeros",
+                                  bias_initializer=keras.initializers.Constant(bias))(inputs)
+    model = keras.Model(inputs, outputs)
+    x = np.ones((1, 4, 4, 1), np.float32)
+    tumour = np.zeros((1, 4, 4), np.float32)
+    tumour[0, :2, :2] = 1
+    y = tumour[..., None] if classes == 1 else np.stack([1 - tumour, tumour, np.zeros_like(tumour)], -1)
+    loss = DiceBCELoss(dice_weight=0.0, bce_weight=1.0)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x))
+        gradient = tape.gradient(value, model.trainable_variables[1]).numpy()
+    elif backend == "jax":
+        import jax
+
+        def of_bias(b):
+            return loss(y, model.stateless_call([model.trainable_variables[0].value, b], [], x)[0])
+
+        gradient = np.asarray(jax.grad(of_bias)(model.trainable_variables[1].value))
+    else:
+        pytest.skip(f"no gradient helper for the {backend} backend")
+    expected = [-0.25] if classes == 1 else [0.25, -0.25, 0.0]
+    np.testing.assert_allclose(gradient, expected, atol=1e-4)
 
 
 def test_dice_score_thresholds_and_averages_images():
