@@ -12,9 +12,9 @@ the logits behind the activation and computes the cross-entropy from them.
 The other backends cannot, and clip the probabilities to [1e-7, 1 - 1e-7]
 instead; a clipped pixel then has no gradient, so a model whose output has
 saturated (say, every pixel below 1e-7, an all-background prediction) can
-never leave that state. There, ``pixel_cross_entropy`` recovers the logits from the
-probabilities first, which keeps the gradient of a saturated pixel where
-TensorFlow has it.
+never leave that state. There, ``pixel_cross_entropy`` recovers the logits
+from the probabilities first, which keeps the gradient of a saturated pixel
+where TensorFlow has it.
 """
 
 from __future__ import annotations
@@ -124,12 +124,11 @@ class DiceBCELoss(keras.losses.Loss):
         pixel_axes = tuple(range(1, len(y_pred.shape) - 1))
         if y_pred.shape[-1] == 1:
             dice = 1.0 - soft_dice(y_true, y_pred, self.smooth)
-            cross_entropy = ops.mean(pixel_cross_entropy(y_true, y_pred), axis=pixel_axes)
         else:
             per_class = [soft_dice(y_true[..., k:k + 1], y_pred[..., k:k + 1], self.smooth)
                          for k in range(1, y_pred.shape[-1])]
             dice = 1.0 - ops.mean(ops.stack(per_class, axis=-1), axis=-1)
-            cross_entropy = ops.mean(pixel_cross_entropy(y_true, y_pred), axis=pixel_axes)
+        cross_entropy = ops.mean(pixel_cross_entropy(y_true, y_pred), axis=pixel_axes)
         return self.dice_weight * dice + self.bce_weight * cross_entropy
 
     def get_config(self):

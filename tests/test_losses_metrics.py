@@ -81,9 +81,6 @@ def test_dice_bce_loss_config_round_trip():
     assert (again.dice_weight, again.bce_weight, again.smooth) == (0.3, 0.7, 2.0)
 
 
-# --- DiceScore ------------------------------------------------------------------------------
-
-
 def test_logits_from_probabilities_invert_sigmoid_and_softmax():
     z = np.linspace(-40, 8, 25, dtype=np.float32)[None, :, None, None]
     recovered = keras.ops.convert_to_numpy(logits_from_probabilities(keras.ops.sigmoid(z)))
@@ -124,6 +121,9 @@ def test_cross_entropy_keeps_the_gradient_of_a_saturated_output(classes):
     moved = keras.ops.convert_to_numpy(model.layers[-1].bias) - bias
     expected = [0.25] if classes == 1 else [-0.25, 0.25, 0.0]
     np.testing.assert_allclose(moved, expected, atol=1e-4)
+
+
+# --- DiceScore ------------------------------------------------------------------------------
 
 
 def test_dice_score_thresholds_and_averages_images():
