@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=128, help="model input size (default: %(default)s)")
     parser.add_argument("--width", type=int, default=16, help="base filters (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="Adam's first rate, before cosine decay (default: %(default)s)")
+    parser.add_argument("--dice-weight", type=float, default=1.0, help="weight of the Dice loss (default: %(default)s)")
+    parser.add_argument("--bce-weight", type=float, default=1.0,
+                        help="weight of the cross-entropy loss (default: %(default)s)")
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--no-standardize", action="store_true",
@@ -78,7 +83,8 @@ def main() -> None:
     else:
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize)
-        training.compile_model(model, ema_momentum=args.ema)
+        training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
+                               bce_weight=args.bce_weight, ema_momentum=args.ema)
         train_images, train_masks, _ = small["train"]
         val_images, val_masks, val_rows = small["val"]
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
