@@ -128,12 +128,8 @@ def main() -> None:
     single, _ = evaluation.choose_on_validation(
         best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
         flip_options=(False,), min_components=(0, 10, 30, 60, 100, 200))
-    (out / "model.json").write_text(json.dumps({
-        "input_size": args.input_size, "base_filters": args.width,
-        "single_slice": {"threshold": single["threshold"], "min_component_pixels": single["min_component_pixels"],
-                         "val_dice_per_patient": single["val_dice_per_patient"]},
-        "chosen_on": "validation patients", "val_patients": sorted(split.loc[split.split == "val", "patient"]),
-    }, indent=2))
+    evaluation.write_model_settings(out / "model.json", single, split.loc[split.split == "val", "patient"],
+                                    input_size=args.input_size, base_filters=args.width)
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")

@@ -32,7 +32,8 @@ NOT_INTERACTIVE = (
 
 
 def build_app(model_path: str | os.PathLike | None = None, examples: list[str | os.PathLike] | None = None,
-              max_upload_mb: float = 10) -> gr.Blocks:
+              max_upload_mb: float = 10, threshold: float | None = None,
+              min_component_pixels: int | None = None) -> gr.Blocks:
     """Build the Gradio app (launch it with ``launch_app``).
 
     Args:
@@ -42,6 +43,10 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
         examples: image files offered as examples; ``None`` for none. TIFFs
             are offered as PNG copies, since browsers do not show TIFF.
         max_upload_mb: larger uploads are refused with a message.
+        threshold: the slider's starting threshold; ``None`` for the one
+            recorded beside the model (``inference.recommended_settings``).
+        min_component_pixels: smaller predicted regions are dropped;
+            ``None`` for the value recorded beside the model.
 
     Returns:
         The app, not launched.
@@ -51,6 +56,10 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
     """
     model = inference.load_default_model(model_path)
     settings = inference.recommended_settings(model_path)
+    if threshold is not None:
+        settings["threshold"] = threshold
+    if min_component_pixels is not None:
+        settings["min_component_pixels"] = min_component_pixels
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     def run(upload: dict | str | None, threshold: float) -> tuple[np.ndarray, np.ndarray, int, str]:

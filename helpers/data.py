@@ -1012,14 +1012,54 @@ def require_artifact(path: str | os.PathLike, notebook: str) -> Path:
     return path
 
 
-def load_manifest(artifacts_dir: str | os.PathLike) -> pd.DataFrame:
-    """Read ``ARTIFACTS_DIR/manifest.csv``, written by notebook 01.
+def load_manifest(artifacts_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read ``ARTIFACTS_DIR/manifest.csv``, written by notebook 01, and find the slices it lists.
+
+    When the slices are no longer where notebook 01 found them, the data is
+    found again, as ``resolve_data_dir`` does (``data_dir``, then
+    ``$LGG_DATA_DIR``, then kagglehub), and every path is moved onto it by
+    patient folder and file name. This is what happens in Colab, where each
+    notebook runs on a fresh machine: kagglehub mounts or fetches the dataset
+    again there, and nothing has to be set.
+
+    Args:
+        artifacts_dir: the folder holding ``manifest.csv``.
+        data_dir: where the data is now, if it moved; ``None`` to look as
+            notebook 01 does.
+
+    Returns:
+        The manifest, one row per slice, its paths pointing at files that exist.
 
     Raises:
         FileNotFoundError: naming the file and the notebook to run first.
+        DatasetError: if the slices are gone and cannot be found again; the
+            message names the first missing slice and what to set.
     """
     path = require_artifact(Path(artifacts_dir) / "manifest.csv", "01_data_download")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    manifest = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    listed = manifest["image_path"].dropna()
+    if listed.empty or Path(listed.iloc[0]).is_file():
+        return manifest
+    missing = listed.iloc[0]
+    try:
+        case_root = resolve_data_dir(data_dir, show_progress=False)
+    except DatasetError as error:
+        raise DatasetError(
+            f"{path} lists slices that are no longer there (the first: {missing}), and the data could not be "
+            f"found again: {error}"
+        ) from error
+    moved = manifest.copy()
+    for column in {"image_path", "mask_path"} & set(moved.columns):
+        moved[column] = [None if pd.isna(old) else str(case_root / case / Path(old).name)
+                         for case, old in zip(moved["case"], moved[column], strict=True)]
+    first = moved["image_path"].dropna().iloc[0]
+    if not Path(first).is_file():
+        raise DatasetError(
+            f"{path} lists slices that are no longer there (the first: {missing}), and {case_root} does not hold "
+            f"them either (no {first}). Point DATA_DIR at the copy notebook 01 indexed, or run notebook 01 again."
+        )
+    print(f"The slices moved: reading them from {case_root}")
+    return moved
 
 
 def save_manifest(manifest: pd.DataFrame, artifacts_dir: str | os.PathLike, source: dict) -> Path:

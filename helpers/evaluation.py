@@ -236,6 +236,64 @@ def choose_on_validation(
     return best, pd.concat(tables, ignore_index=True)
 
 
+
+def single_slice_choice(candidates: pd.DataFrame) -> dict:
+    """The best post-processing for a slice on its own, from ``choose_on_validation``'s table.
+
+    A slice that a user brings has no mirror averaged in and no patient stack
+    around it, so only candidates without flips and without a volume filter
+    apply to it.
+
+    Args:
+        candidates: the table ``choose_on_validation`` returns.
+
+    Returns:
+        ``{"threshold", "min_component_pixels", "val_dice_per_patient"}``.
+
+    Raises:
+        ValueError: if the table holds no such candidate (flips only, or no
+            volume filter of 0 tried).
+    """
+    usable = candidates[~candidates["flip_tta"].astype(bool) & (candidates["min_volume_pixels"] == 0)]
+    if usable.empty:
+        raise ValueError("No candidate without flips and without a volume filter: include False in the flip "
+                         "options and 0 in the volume filters.")
+    best = usable.loc[usable["val_dice_per_patient"].idxmax()]
+    return {"threshold": float(best["threshold"]), "min_component_pixels": int(best["min_component_pixels"]),
+            "val_dice_per_patient": float(best["val_dice_per_patient"])}
+
+
+def write_model_settings(path: str | Path, single_slice: dict, val_patients, **facts) -> Path:
+    """Write the settings chosen for single slices beside a model, as ``<model>.json``.
+
+    ``helpers.inference.recommended_settings`` reads them, so notebook 06,
+    the command line and the web app use the threshold and the smallest
+    region chosen on the model's validation patients.
+
+    Args:
+        path: the ``.json`` file, named as the model (``model.keras`` ->
+            ``model.json``).
+        single_slice: ``threshold``, ``min_component_pixels`` and
+            ``val_dice_per_patient`` (``single_slice_choice``).
+        val_patients: the validation patients they were chosen on.
+        **facts: more entries to record first, such as ``input_size``.
+
+    Returns:
+        The path written.
+    """
+    import json
+
+    path = Path(path)
+    path.write_text(json.dumps({
+        **facts,
+        "single_slice": {"threshold": float(single_slice["threshold"]),
+                         "min_component_pixels": int(single_slice["min_component_pixels"]),
+                         "val_dice_per_patient": float(single_slice["val_dice_per_patient"])},
+        "chosen_on": "validation patients", "val_patients": sorted(set(val_patients)),
+    }, indent=2))
+    return path
+
+
 def evaluate(
     truth: np.ndarray, prediction: np.ndarray, manifest_rows: pd.DataFrame
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

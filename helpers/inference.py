@@ -465,7 +465,7 @@ def pick_test_slices(
         count: how many slices.
         seed: random seed of the choice.
         data_dir: the dataset folder, when it moved since the manifest was
-            written; slices are then looked up there by patient folder and name.
+            written (see ``helpers.data.load_manifest``, which finds it again).
 
     Returns:
         Paths of the slices (``*.tif``), tumour slices first.
@@ -482,7 +482,9 @@ def pick_test_slices(
             "02_preprocessing.ipynb first (they write them), or list "
             "your own images in IMAGE_PATHS."
         )
-    manifest, split = (pd.read_csv(t) for t in tables)
+    from helpers.data import load_manifest
+
+    manifest, split = load_manifest(artifacts_dir, data_dir), pd.read_csv(tables[1])
     test_patients = set(split.loc[split["split"] == "test", "patient"])
     rows = manifest[manifest["patient"].isin(test_patients) & manifest["image_path"].notna()]
     if rows.empty:
@@ -493,13 +495,7 @@ def pick_test_slices(
     first = with_tumour.sample(min(len(with_tumour), (count + 1) // 2), random_state=rng)
     second = without.sample(min(len(without), count - len(first)), random_state=rng)
     chosen = pd.concat([first, second])
-    paths = [Path(p) for p in chosen["image_path"]]
-    if data_dir is not None:
-        from helpers.data import find_case_root
-
-        case_root = find_case_root(Path(data_dir))
-        paths = [case_root / case / p.name for case, p in zip(chosen["case"], paths, strict=True)]
-    return paths
+    return [Path(p) for p in chosen["image_path"]]
 
 
 def segmentation_figure(images: list[np.ndarray], segmentations: list[Segmentation], titles: list[str]) -> plt.Figure:

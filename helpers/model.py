@@ -20,7 +20,7 @@ class SliceStandardization(layers.Layer):
     """Z-score each channel of each slice over its foreground (the head).
 
     MRI intensities have no fixed scale: the same tissue is bright in one
-    scanner's FLAIR and dim in another's, and the Kaggle PNGs keep those
+    scanner's FLAIR and dim in another's, and the dataset's slices keep those
     differences. Standardising each slice, channel by channel, over the
     pixels that are not background removes them (nnU-Net does the same,
     per image, for MRI). It is per slice, not per patient volume, so a single
@@ -29,7 +29,7 @@ class SliceStandardization(layers.Layer):
 
     Foreground is where the FLAIR channel exceeds ``foreground_fraction`` of
     its brightest pixel, so the layer works for inputs in 0-1 or 0-255
-    alike. It is read from FLAIR alone because some institutions' PNGs have
+    alike. It is read from FLAIR alone because some institutions' slices have
     a grey, not black, background in another channel (the pre-contrast
     channel of TCGA_FG_7637 sits at about 103 of 255 outside the head): a
     mask from all channels would then cover the whole slice. A slice with
@@ -39,7 +39,7 @@ class SliceStandardization(layers.Layer):
         foreground_fraction: share of the slice maximum above which a pixel
             is foreground.
         foreground_channel: channel that defines the foreground (1, the
-            FLAIR channel of the dataset's PNGs, is what ``build_resunet``
+            FLAIR channel of the dataset's slices, is what ``build_resunet``
             passes; a one-channel input uses its only channel); ``None``,
             the default, uses the mean of all channels, as models saved
             before this option did.

@@ -357,7 +357,7 @@ def augment_batch(
     thresholded afterwards, so it stays binary.
 
     Some patients of the dataset lack the pre- and post-contrast scans: their
-    PNGs repeat FLAIR in all three channels (grey images). To learn those
+    slices repeat FLAIR in all three channels (grey images). To learn those
     too, a share of the training slices has its three channels replaced by
     FLAIR (the middle channel) first.
 

@@ -404,8 +404,10 @@ def train(
         swap._ema_weights_in_model = (output_dir / "backup" / "latest.weights.h5").exists()
         callbacks = [swap] + callbacks + [_KeepAveragedWeights(swap)]
     started = time.monotonic()
+    # A tf.data pipeline shuffles itself (Keras would warn that its own shuffle does not apply).
+    shuffle = not (tf is not None and isinstance(train_dataset, tf.data.Dataset))
     model.fit(train_dataset, validation_data=val_dataset, epochs=epochs,
-              callbacks=callbacks, verbose=verbose)
+              callbacks=callbacks, verbose=verbose, shuffle=shuffle)
     elapsed = time.monotonic() - started
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
     (output_dir / "training_time.json").write_text(json.dumps({"seconds": elapsed}))
@@ -448,3 +450,60 @@ def export_model(source: str | Path, destination: str | Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     clean.save(destination)
     return destination
+
+
+# Settings that may differ between a run and its resumption: where it runs and how long.
+RESUMABLE_CHANGES = ("name", "device", "epochs", "time_budget_minutes", "mixed_precision", "patience")
+
+
+def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str:
+    """Decide what happens to the run folder before training: start, resume or keep.
+
+    Notebook 04 calls this before ``train``. The settings are written to
+    ``run_dir/settings.json`` and compared with those of a run already
+    there, so that running the notebook again never continues a run with
+    another model, and never trains a finished run a second time.
+
+    Args:
+        run_dir: the run folder (``ARTIFACTS_DIR/training``).
+        settings: everything that defines the run: the profile and the
+            model, loss and optimizer choices (JSON-serialisable values).
+            Those named in ``RESUMABLE_CHANGES`` (device, epochs, budget)
+            may change on resumption.
+        resume: ``False`` moves a run already there aside, to
+            ``training_<date-time>`` beside it, and starts anew.
+
+    Returns:
+        ``"new"`` (no run there: train), ``"resume"`` (a run stopped before
+        it ended, by a crash or a lost connection: train, and ``train``
+        continues at its last epoch) or ``"finished"`` (a run that ended,
+        by its epochs, its budget, early stopping or a NaN loss: do not
+        train again; its ``history.csv`` and ``best.keras`` are the result).
+
+    Raises:
+        ValueError: if the run there was trained with other settings; the
+            message names the file, the differences and what to do.
+    """
+    run_dir = Path(run_dir)
+    settings_path = run_dir / "settings.json"
+    started = run_dir.is_dir() and any(run_dir.iterdir())
+    if started and not resume:
+        kept = run_dir.with_name(f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(kept)
+        print(f"Moved the previous run to {kept}")
+        started = False
+    if started and settings_path.is_file():
+        previous = json.loads(settings_path.read_text())
+        keys = (set(previous) | set(settings)) - set(RESUMABLE_CHANGES)
+        changed = sorted(k for k in keys if previous.get(k) != settings.get(k))
+        if changed:
+            listed = ", ".join(f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). "
+                "Set RESUME = False to move it aside and train anew, or set the parameters back to continue it."
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings, indent=2))
+    if not started:
+        return "new"
+    return "finished" if (run_dir / "training_time.json").is_file() else "resume"

@@ -111,6 +111,31 @@ def test_resolve_without_argument_or_variable_reports_failed_download(monkeypatc
 # --- The manifest ------------------------------------------------------------------------
 
 
+def test_load_manifest_finds_slices_that_moved(tmp_path, monkeypatch):
+    make_synthetic_dataset(tmp_path / "first", n_patients=2, slices_per_patient=3, size=16)
+    artifacts = tmp_path / "artifacts"
+    data.save_manifest(build_manifest(tmp_path / "first" / "kaggle_3m", show_progress=False), artifacts, {})
+    assert data.load_manifest(artifacts)["image_path"].map(os.path.isfile).all()
+
+    # As on a fresh Colab machine: the slices are gone from where notebook 01 saw them.
+    shutil.move(tmp_path / "first", tmp_path / "second")
+    monkeypatch.setenv("LGG_DATA_DIR", str(tmp_path / "second"))
+    moved = data.load_manifest(artifacts)
+    for column in ("image_path", "mask_path"):
+        assert moved[column].map(lambda p: p.startswith(str(tmp_path / "second"))).all()
+        assert moved[column].map(os.path.isfile).all()
+    assert moved.drop(columns=["image_path", "mask_path"]).equals(
+        pd.read_csv(artifacts / "manifest.csv").drop(columns=["image_path", "mask_path"]))
+
+    # Found nowhere: the message names the missing slice.
+    monkeypatch.setenv("LGG_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"no longer there \(the first: .*first.*TCGA_"):
+        data.load_manifest(artifacts)
+    (tmp_path / "empty" / "TCGA_XX_0000_19990101").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"does not hold them either"):
+        data.load_manifest(artifacts, data_dir=tmp_path / "empty")
+
+
 def test_slices_sorted_as_numbers(synthetic_manifest):
     expected = list(range(1, SYNTHETIC_SLICES + 1))  # 1, 2, ..., 10, 11, 12
     for case, rows in synthetic_manifest.groupby("case", sort=False):

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.evaluation import binarize, choose_postprocessing, evaluate
+from helpers.evaluation import (
+    binarize,
+    choose_postprocessing,
+    evaluate,
+    single_slice_choice,
+    write_model_settings,
+)
+from helpers.inference import recommended_settings
 
 
 def two_blobs() -> np.ndarray:
@@ -114,3 +123,24 @@ def test_images_of_another_size_are_resized_and_wrong_shapes_are_refused(tiny_mo
     assert not np.allclose(plain, mirrored[:, :, ::-1], atol=1e-3)  # the flip changes something
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         predict_probabilities(model, images[..., 0])
+
+
+def test_single_slice_settings_skip_flips_and_volume_filters_and_reach_inference(tmp_path):
+    candidates = pd.DataFrame({
+        "flip_tta": [True, False, False, False],
+        "threshold": [0.3, 0.4, 0.5, 0.3],
+        "min_component_pixels": [0, 30, 100, 0],
+        "min_volume_pixels": [0, 0, 0, 300],
+        "val_dice_per_patient": [0.90, 0.80, 0.70, 0.85],
+    })
+    # The flip row and the volume-filter row score higher, but a lone slice can use neither.
+    choice = single_slice_choice(candidates)
+    assert choice == {"threshold": 0.4, "min_component_pixels": 30, "val_dice_per_patient": 0.80}
+    with pytest.raises(ValueError, match="without flips"):
+        single_slice_choice(candidates[candidates["flip_tta"]])
+
+    model_path = tmp_path / "model.keras"
+    written = write_model_settings(model_path.with_suffix(".json"), choice, ["P2", "P1", "P2"], input_size=128)
+    assert written == tmp_path / "model.json"
+    assert recommended_settings(model_path) == {"threshold": 0.4, "min_component_pixels": 30}
+    assert json.loads(written.read_text())["val_patients"] == ["P1", "P2"]

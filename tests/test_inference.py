@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,7 +223,10 @@ def test_pick_test_slices_takes_test_patients_tumour_first(tmp_path):
     rows = [("P1", "C1", n, tumour) for n, tumour in enumerate([0, 5, 0, 9])] + \
            [("P2", "C2", n, tumour) for n, tumour in enumerate([3, 3, 0])]
     manifest = pd.DataFrame(rows, columns=["patient", "case", "slice", "tumour_pixels"])
-    manifest["image_path"] = [f"/data/{case}/{case}_{n}.tif" for _, case, n, _ in rows]
+    manifest["image_path"] = [str(tmp_path / "data" / case / f"{case}_{n}.tif") for _, case, n, _ in rows]
+    for path in manifest["image_path"]:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     pd.DataFrame({"patient": ["P1", "P2"], "split": ["test", "train"]}).to_csv(tmp_path / "split.csv", index=False)
     chosen = inference.pick_test_slices(tmp_path, count=3, seed=0)

@@ -137,9 +137,14 @@ def test_series_writes_metrics_in_range(series):
     assert set(per_patient["patient"]) == set(split.loc[split["split"] == "test", "patient"])
     assert metrics["patients"] == len(per_patient)
     assert (series / "per_slice.csv").exists()
+    # Settings for single slices, chosen on validation, beside the model for notebook 06.
+    single = json.loads((series / "model.json").read_text())["single_slice"]
+    assert 0.0 < single["threshold"] < 1.0 and single["min_component_pixels"] >= 0
+    assert set(json.loads((series / "model.json").read_text())["val_patients"]) == set(
+        split.loc[split["split"] == "val", "patient"])
 
 
-def test_series_segments_a_folder_through_the_command_line(series):
+def test_series_segments_the_chosen_slices_through_the_command_line(series):
     table = pd.read_csv(series / "predictions" / "predictions.csv")
     assert len(table) > 0 and table["file"].is_unique
     # Ground-truth masks beside the slices are not segmented themselves, and they give a Dice column.

@@ -23,13 +23,13 @@ import tensorflow as tf
 from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
-from helpers.training import compile_model, steps_per_epoch, train
+from helpers.training import compile_model, prepare_run, steps_per_epoch, train
 
 SIZE = 32
 
-# Keras warns that fit's default shuffle=True does not apply to a tf.data pipeline,
-# which shuffles itself.
-pytestmark = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed")
+# train passes shuffle=False for a tf.data pipeline, which shuffles itself: Keras'
+# warning that its own shuffling does not apply is an error here.
+pytestmark = pytest.mark.filterwarnings("error:`shuffle=True` was passed")
 
 
 def tiny_model(learning_rate: float = 1e-3, eager: bool = True) -> keras.Model:
@@ -340,3 +340,29 @@ def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
     assert getattr(clean, "optimizer", None) is None
     assert (tmp_path / "clean.keras").stat().st_size < 0.6 * (tmp_path / "trained.keras").stat().st_size
     np.testing.assert_allclose(clean.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
+    run_dir = tmp_path / "training"
+    settings = {"input_size": 128, "base_filters": 16, "residual": True, "learning_rate": 1e-3, "epochs": 40}
+    assert prepare_run(run_dir, settings) == "new"
+    assert json.loads((run_dir / "settings.json").read_text()) == settings
+    (run_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    # Stopped before train returned (a crash, a lost connection): resumed.
+    assert prepare_run(run_dir, settings) == "resume"
+    # More epochs or another device may continue a run.
+    assert prepare_run(run_dir, {**settings, "epochs": 60, "device": "GPU"}) == "resume"
+    (run_dir / "training_time.json").write_text('{"seconds": 1.0}')
+    assert prepare_run(run_dir, settings) == "finished"
+    with pytest.raises(ValueError, match=r"base_filters: 16 there, 32 now.*settings\.json.*RESUME = False"):
+        prepare_run(run_dir, {**settings, "base_filters": 32})
+    with pytest.raises(ValueError, match=r"residual: True there, False now"):
+        prepare_run(run_dir, {**settings, "residual": False})
+    # Nothing was overwritten by the refusals.
+    assert json.loads((run_dir / "settings.json").read_text())["base_filters"] == 16
+
+    # resume=False moves the run aside, whole, and starts anew.
+    assert prepare_run(run_dir, {**settings, "base_filters": 32}, resume=False) == "new"
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("training_")]
+    assert len(moved) == 1 and (moved[0] / "history.csv").is_file()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["settings.json"]
