@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from skimage import segmentation
-
-matplotlib.rcParams.setdefault("figure.max_open_warning", 0)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
@@ -40,7 +37,7 @@ def overlay(image: np.ndarray, truth: np.ndarray | None = None, prediction: np.n
 
 
 def example_slices(images: np.ndarray, masks: np.ndarray, titles: list[str], columns: int = 4) -> plt.Figure:
-    """A grid of slices (FLAIR channel shown as RGB) with the mask outlined in yellow."""
+    """A grid of slices (the three channels, pre-contrast, FLAIR and post-contrast, as RGB) with the mask outlined in yellow."""
     rows = int(np.ceil(len(images) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
     for axis in axes.ravel():

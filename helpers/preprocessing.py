@@ -593,8 +593,14 @@ def arrays_by_split(
     size: int,
     cache_dir=None,
     show_progress: bool = True,
+    in_memory: bool | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
     """Decode the slices of each side of a split, resized to ``size``.
+
+    In memory, all slices are decoded (or read from the cache) at once and
+    each side is taken from them. When they do not fit, each side is decoded
+    into its own memory-mapped cache instead, since taking a side out of one
+    mapped array would copy it into memory; ``make_dataset`` then streams it.
 
     Args:
         manifest: one row per slice (``patient``, ``image_path``, ``mask_path``).
@@ -602,21 +608,34 @@ def arrays_by_split(
         size: output height and width.
         cache_dir: cache folder for decoded arrays (see ``helpers.data.load_arrays``).
         show_progress: show a progress bar while decoding.
+        in_memory: ``True`` to hold the slices in memory, ``False`` to map
+            them from the cache, ``None`` to decide by
+            ``helpers.data.fits_in_memory``.
 
     Returns:
         ``{"train": (images, masks, rows), "val": ..., "test": ...}``: uint8
         images (N, size, size, 3), uint8 masks (N, size, size) 0/1, and the
-        N manifest rows in the same order.
+        N manifest rows in the same order; ``np.memmap`` arrays when not in
+        memory.
     """
-    from helpers.data import load_arrays
+    from helpers.data import fits_in_memory, load_arrays
 
     check_split_leakage(split)
-    images, masks = load_arrays(manifest, size=size, cache_dir=cache_dir, show_progress=show_progress)
+    if in_memory is None:
+        in_memory = fits_in_memory(len(manifest), size)
     side_of = manifest["patient"].map(dict(zip(split["patient"], split["split"], strict=True)))
+    if in_memory:
+        images, masks = load_arrays(manifest, size=size, cache_dir=cache_dir, show_progress=show_progress,
+                                    in_memory=True)
     result = {}
     for side in SPLITS:
         chosen = (side_of == side).to_numpy()
-        result[side] = (images[chosen], masks[chosen], manifest[chosen].reset_index(drop=True))
+        rows = manifest[chosen].reset_index(drop=True)
+        if in_memory:
+            result[side] = (images[chosen], masks[chosen], rows)
+        else:
+            result[side] = (*load_arrays(rows, size=size, cache_dir=cache_dir, show_progress=show_progress,
+                                         in_memory=False), rows)
     return result
 
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from helpers.preprocessing import (
+    arrays_by_split,
     augment_batch,
     kfold_patients,
     make_dataset,
@@ -424,3 +425,21 @@ def test_parallel_augmentation_gives_the_same_batches_as_one_at_a_time(synthetic
     # And augmented: the same shuffle without augmentation gives other pixels.
     plain = make_dataset(images, masks, batch_size=4, training=True, seed=3, augment=False)
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(plain.as_numpy_iterator(), parallel, strict=True))
+
+
+def test_arrays_by_split_maps_each_side_from_disk_when_asked(synthetic_manifest, tmp_path):
+    split = split_patients(synthetic_manifest, val_fraction=0.2, test_fraction=0.2, seed=0)
+    held = arrays_by_split(synthetic_manifest, split, 32, cache_dir=tmp_path, show_progress=False, in_memory=True)
+    mapped = arrays_by_split(synthetic_manifest, split, 32, cache_dir=tmp_path, show_progress=False, in_memory=False)
+    for side in ("train", "val", "test"):
+        images, masks, rows = mapped[side]
+        # Each side is its own mapped cache, never a copy of the whole set in memory.
+        assert isinstance(images, np.memmap) and isinstance(masks, np.memmap)
+        np.testing.assert_array_equal(images, held[side][0])
+        np.testing.assert_array_equal(masks, held[side][1])
+        pd.testing.assert_frame_equal(rows, held[side][2])
+        assert set(rows["patient"]) == set(split.loc[split["split"] == side, "patient"])
+    # Streamed, the training pipeline delivers the same number of slices.
+    train_images, train_masks, _ = mapped["train"]
+    delivered = sum(int(batch[0].shape[0]) for batch in make_dataset(train_images, train_masks, 4, training=True))
+    assert delivered == len(train_images)
