@@ -237,6 +237,38 @@ def choose_on_validation(
 
 
 
+def example_slices(patient_table: pd.DataFrame, rows: pd.DataFrame, truth: np.ndarray, prediction: np.ndarray,
+                   count: int = 3) -> tuple[list[int], list[str]]:
+    """One telling slice each of the best, median and worst patients (then the next best).
+
+    For each patient, the slice where mask and prediction together cover the
+    most pixels: its largest tumour, or its largest false alarm.
+
+    Args:
+        patient_table: ``evaluate``'s per-patient table (``patient``, ``dice``).
+        rows: the manifest rows of the slices (``patient``, ``slice``), N rows.
+        truth: 0/1 (N, H, W) masks.
+        prediction: 0/1 (N, H, W) predicted masks.
+        count: how many patients (at least 1).
+
+    Returns:
+        The slices' positions in ``rows`` and a title for each, naming the
+        patient, the slice and the patient's Dice.
+    """
+    ranked = patient_table.sort_values("dice", ascending=False)["patient"].tolist()
+    picks = list(dict.fromkeys([ranked[0], ranked[len(ranked) // 2], ranked[-1]] + ranked[1:count]))[:max(count, 1)]
+    dice = patient_table.set_index("patient")["dice"]
+    positions, titles = [], []
+    for patient in picks:
+        on_patient = np.flatnonzero(rows["patient"].to_numpy() == patient)
+        area = truth[on_patient].reshape(len(on_patient), -1).sum(1) + \
+            prediction[on_patient].reshape(len(on_patient), -1).sum(1)
+        position = int(on_patient[int(np.argmax(area))])
+        positions.append(position)
+        titles.append(f"{patient} s{rows.loc[position, 'slice']} (patient Dice {float(dice[patient]):.2f})")
+    return positions, titles
+
+
 def single_slice_choice(candidates: pd.DataFrame) -> dict:
     """The best post-processing for a slice on its own, from ``choose_on_validation``'s table.
 

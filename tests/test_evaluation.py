@@ -12,6 +12,7 @@ from helpers.evaluation import (
     binarize,
     choose_postprocessing,
     evaluate,
+    example_slices,
     single_slice_choice,
     write_model_settings,
 )
@@ -144,3 +145,17 @@ def test_single_slice_settings_skip_flips_and_volume_filters_and_reach_inference
     assert written == tmp_path / "model.json"
     assert recommended_settings(model_path) == {"threshold": 0.4, "min_component_pixels": 30}
     assert json.loads(written.read_text())["val_patients"] == ["P1", "P2"]
+
+
+def test_example_slices_show_best_median_and_worst_patients_at_their_largest_area():
+    rows = pd.DataFrame({"patient": ["A"] * 3 + ["B"] * 3 + ["C"] * 3, "slice": [1, 2, 3] * 3})
+    truth = np.zeros((9, 4, 4), np.uint8)
+    prediction = np.zeros((9, 4, 4), np.uint8)
+    truth[1, :2] = 1  # A: the tumour is on its second slice
+    prediction[5, :3] = 1  # B: a false alarm on its third slice
+    truth[6, 0, 0] = prediction[6, :, :1] = 1  # C: its first slice
+    table = pd.DataFrame({"patient": ["A", "B", "C"], "dice": [0.9, 0.1, 0.5]})
+    positions, titles = example_slices(table, rows, truth, prediction, count=3)
+    assert positions == [1, 6, 5]  # best A, median C, worst B
+    assert titles[0] == "A s2 (patient Dice 0.90)" and titles[2] == "B s3 (patient Dice 0.10)"
+    assert example_slices(table, rows, truth, prediction, count=1)[0] == [1]
