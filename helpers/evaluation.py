@@ -236,7 +236,6 @@ def choose_on_validation(
     return best, pd.concat(tables, ignore_index=True)
 
 
-
 def example_slices(patient_table: pd.DataFrame, rows: pd.DataFrame, truth: np.ndarray, prediction: np.ndarray,
                    count: int = 3) -> tuple[list[int], list[str]]:
     """One telling slice each of the best, median and worst patients (then the next best).
@@ -265,7 +264,7 @@ def example_slices(patient_table: pd.DataFrame, rows: pd.DataFrame, truth: np.nd
             prediction[on_patient].reshape(len(on_patient), -1).sum(1)
         position = int(on_patient[int(np.argmax(area))])
         positions.append(position)
-        titles.append(f"{patient} s{rows.loc[position, 'slice']} (patient Dice {float(dice[patient]):.2f})")
+        titles.append(f"{patient} s{rows['slice'].iloc[position]} (patient Dice {float(dice[patient]):.2f})")
     return positions, titles
 
 
