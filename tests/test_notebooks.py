@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -153,6 +154,22 @@ def test_series_segments_the_chosen_slices_through_the_command_line(series):
     for name in table["file"].map(lambda file: Path(file).stem):
         assert (series / "predictions" / f"{name}_mask.png").exists()
         assert (series / "predictions" / f"{name}_overlay.png").exists()
+
+
+def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(series, artifacts)
+    history_before = pd.read_csv(artifacts / "training" / "history.csv")
+    parameters = {"ARTIFACTS_DIR": str(artifacts), **SHARED, **SMALL["04_training.ipynb"]}
+    executed = execute("04_training.ipynb", tmp_path, parameters)
+    printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
+    assert "ended earlier: it is kept, not trained again" in printed
+    pd.testing.assert_frame_equal(pd.read_csv(artifacts / "training" / "history.csv"), history_before)
+    # The settings notebook 05 chose for the model were moved aside with it.
+    assert (artifacts / "model.previous.json").exists() and not (artifacts / "model.json").exists()
+
+    with pytest.raises(pytest.fail.Exception, match=r"ValueError.*base_filters: 16 there, 32 now"):
+        execute("04_training.ipynb", tmp_path, {**parameters, "BASE_FILTERS": 32})
 
 
 def test_notebook_with_missing_inputs_names_the_notebook_to_run_first(tmp_path):
