@@ -30,7 +30,7 @@ import pandas as pd
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from helpers import evaluation, plots
+from helpers import evaluation, metrics, plots
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "resunet_lgg.keras"
 MAX_PIXELS = 40_000_000
@@ -498,24 +498,66 @@ def pick_test_slices(
     return [Path(p) for p in chosen["image_path"]]
 
 
-def segmentation_figure(images: list[np.ndarray], segmentations: list[Segmentation], titles: list[str]) -> plt.Figure:
+def ground_truths(image_paths: list[str | os.PathLike]) -> list[np.ndarray | None]:
+    """The ground truth of each image: ``NAME_mask.ext`` beside it, read as 0/1, else ``None``.
+
+    A mask that cannot be read, or whose size differs from its image's, gives
+    ``None`` too, with a warning naming it.
+
+    Args:
+        image_paths: the images.
+
+    Returns:
+        For each image, a uint8 (H, W) 0/1 mask or ``None``.
+    """
+    truths = []
+    for image_path in image_paths:
+        truth_path = ground_truth_for(image_path)
+        truth = None
+        if truth_path is not None:
+            try:
+                truth = load_mask(truth_path)
+                if truth.shape != load_image(image_path).shape[:2]:
+                    warnings.warn(f"{truth_path}: its size differs from {Path(image_path).name}'s; not used.",
+                                  stacklevel=2)
+                    truth = None
+            except ImageLoadError as error:
+                warnings.warn(f"{truth_path}: not used as ground truth: {error}", stacklevel=2)
+        truths.append(truth)
+    return truths
+
+
+def segmentation_figure(images: list[np.ndarray], segmentations: list[Segmentation], titles: list[str],
+                        truths: list[np.ndarray | None] | None = None) -> plt.Figure:
     """Rows of image, predicted mask, and overlay with the tumour area in the title.
+
+    With ground truth, a fourth column colours prediction against it (green
+    found, red false alarm, blue missed) and gives the slice's Dice.
 
     Args:
         images: uint8 (H, W, 3) images, sizes may differ.
         segmentations: the ``segment`` result of each image.
         titles: a short name for each row.
+        truths: for each image, its 0/1 (H, W) ground truth or ``None``
+            (``ground_truths`` reads them); ``None`` for no fourth column.
 
     Returns:
         A matplotlib Figure.
     """
-    figure, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
-    for row, (image, result, title) in enumerate(zip(images, segmentations, titles, strict=True)):
+    columns = 3 if truths is None or all(truth is None for truth in truths) else 4
+    truths = truths if truths is not None else [None] * len(images)
+    figure, axes = plt.subplots(len(images), columns, figsize=(3 * columns, 3 * len(images)), squeeze=False)
+    for row, (image, result, title, truth) in enumerate(zip(images, segmentations, titles, truths, strict=True)):
         panels = [(image, title), (result.mask, "predicted mask"),
                   (result.overlay, f"{result.tumour_pixels:,} tumour pixels (max p {result.max_probability:.2f})")]
+        if truth is not None:
+            dice = metrics.dice_score(truth, result.mask)
+            panels.append((plots.overlay(image, truth=truth, prediction=result.mask),
+                           f"against ground truth: Dice {dice:.2f}"))
+        for column in range(columns):
+            axes[row, column].axis("off")
         for column, (panel, name) in enumerate(panels):
             axes[row, column].imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1 if panel.ndim == 2 else None)
             axes[row, column].set_title(name, fontsize=8)
-            axes[row, column].axis("off")
     figure.tight_layout()
     return figure

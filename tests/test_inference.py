@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from helpers import inference
+from helpers import inference, metrics
 from helpers.inference import ImageLoadError, load_image, segment
 from helpers.model import build_resunet
 
@@ -249,3 +249,27 @@ def test_find_images_skips_masks_and_other_suffixes(tmp_path):
     assert sorted(p.name for p in masks) == ["a_mask.png", "b_MASK.tiff"]
     assert inference.ground_truth_for(tmp_path / "a.png") == tmp_path / "a_mask.png"
     assert inference.ground_truth_for(tmp_path / "c.JPEG") is None
+
+
+def test_ground_truth_beside_an_image_adds_a_column_with_its_dice(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:10] = 255
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    Image.fromarray(image).save(tmp_path / "b.png")  # no ground truth
+    Image.fromarray(image[:5, :5]).save(tmp_path / "c.png")
+    Image.fromarray(mask[:6, :6]).save(tmp_path / "c_mask.png")  # not the image's size
+    with pytest.warns(UserWarning, match="c_mask.png: its size differs"):
+        truths = inference.ground_truths([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"])
+    assert truths[0].sum() == 25 and truths[1] is None and truths[2] is None
+
+    images = [image, image]
+    results = [inference.segment(tiny_model, im) for im in images]
+    figure = inference.segmentation_figure(images, results, ["a", "b"], truths[:2])
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(titles) == 8
+    assert titles[3] == f"against ground truth: Dice {metrics.dice_score(truths[0], results[0].mask):.2f}"
+    assert titles[7] == ""  # b has none
+    assert len(inference.segmentation_figure(images, results, ["a", "b"]).axes) == 6
