@@ -498,11 +498,36 @@ def pick_test_slices(
     return [Path(p) for p in chosen["image_path"]]
 
 
+def read_ground_truth(image_path: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+    """Read the ground truth beside an image (``ground_truth_for``), checking its size.
+
+    Args:
+        image_path: the image.
+        shape: (H, W) the mask must have: the image's.
+
+    Returns:
+        (uint8 (H, W) 0/1 mask, ``None``); ``(None, None)`` when there is no
+        mask; ``(None, problem)`` when the mask cannot be read or is of
+        another size, the problem naming the mask file.
+    """
+    truth_path = ground_truth_for(image_path)
+    if truth_path is None:
+        return None, None
+    try:
+        truth = load_mask(truth_path)
+    except ImageLoadError as error:
+        return None, f"{truth_path}: not used as ground truth: {error}"
+    if truth.shape != tuple(shape):
+        return None, (f"{truth_path}: its size differs from {Path(image_path).name}'s "
+                      f"({truth.shape[1]}x{truth.shape[0]} against {shape[1]}x{shape[0]}); not used.")
+    return truth, None
+
+
 def ground_truths(image_paths: list[str | os.PathLike]) -> list[np.ndarray | None]:
     """The ground truth of each image: ``NAME_mask.ext`` beside it, read as 0/1, else ``None``.
 
     A mask that cannot be read, or whose size differs from its image's, gives
-    ``None`` too, with a warning naming it.
+    ``None`` too, with a warning naming it (``read_ground_truth``).
 
     Args:
         image_paths: the images.
@@ -512,17 +537,9 @@ def ground_truths(image_paths: list[str | os.PathLike]) -> list[np.ndarray | Non
     """
     truths = []
     for image_path in image_paths:
-        truth_path = ground_truth_for(image_path)
-        truth = None
-        if truth_path is not None:
-            try:
-                truth = load_mask(truth_path)
-                if truth.shape != load_image(image_path).shape[:2]:
-                    warnings.warn(f"{truth_path}: its size differs from {Path(image_path).name}'s; not used.",
-                                  stacklevel=2)
-                    truth = None
-            except ImageLoadError as error:
-                warnings.warn(f"{truth_path}: not used as ground truth: {error}", stacklevel=2)
+        truth, problem = read_ground_truth(image_path, load_image(image_path).shape[:2])
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         truths.append(truth)
     return truths
 

@@ -83,17 +83,10 @@ def _report(message: str) -> None:
 
 def _dice_with_truth(image_path: Path, mask: np.ndarray) -> float:
     """Dice against ``NAME_mask.ext`` beside the image, NaN when there is none."""
-    truth_path = inference.ground_truth_for(image_path)
-    if truth_path is None:
-        return float("nan")
-    try:
-        truth = inference.load_mask(truth_path)
-    except inference.ImageLoadError as error:
-        _report(f"warning: no Dice for {image_path}: {error}")
-        return float("nan")
-    if truth.shape != mask.shape:
-        _report(f"warning: no Dice for {image_path}: its mask {truth_path.name} is "
-                f"{truth.shape[1]}x{truth.shape[0]}, the image {mask.shape[1]}x{mask.shape[0]}.")
+    truth, problem = inference.read_ground_truth(image_path, mask.shape)
+    if truth is None:
+        if problem:
+            _report(f"warning: no Dice for {image_path}: {problem}")
         return float("nan")
     return metrics.dice_score(truth, mask)
 
