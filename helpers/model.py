@@ -12,6 +12,7 @@ so it saves to ``.keras`` and loads with ``safe_mode=True``.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -94,6 +95,27 @@ class SliceStandardization(layers.Layer):
         return {**super().get_config(), "foreground_fraction": self.foreground_fraction,
                 "epsilon": self.epsilon, "clip": self.clip,
                 "foreground_channel": self.foreground_channel}
+
+
+def foreground_mask(images, foreground_channel: int = 1, foreground_fraction: float = 0.05):
+    """The pixels ``SliceStandardization`` standardises over: the head.
+
+    The same rule as the layer, in NumPy, for figures and checks: a pixel is
+    foreground where the foreground channel exceeds ``foreground_fraction`` of
+    that slice's brightest pixel in the channel.
+
+    Args:
+        images: (N, H, W, C) array, any non-negative scale.
+        foreground_channel: channel that defines the foreground (1 is FLAIR).
+        foreground_fraction: share of the slice maximum above which a pixel
+            is foreground.
+
+    Returns:
+        bool (N, H, W).
+    """
+    brightness = np.asarray(images, np.float32)[..., foreground_channel]
+    peak = brightness.max(axis=(1, 2), keepdims=True)
+    return brightness > foreground_fraction * peak
 
 
 def residual_unit(

@@ -87,6 +87,35 @@ def augmentation_examples(images: np.ndarray, masks: np.ndarray, augmented: list
     return figure
 
 
+def standardization(scaled: np.ndarray, standardized: np.ndarray, foreground: np.ndarray, channel: int = 1,
+                    channel_name: str = "FLAIR") -> plt.Figure:
+    """Histograms of one channel over the head, before and after standardisation.
+
+    One curve per slice: before, the slices sit at different levels and
+    spreads; after, each is centred on 0 with unit spread.
+
+    Args:
+        scaled: float (N, H, W, C) in [0, 1], the pipeline's input.
+        standardized: float (N, H, W, C), the same slices out of ``SliceStandardization``.
+        foreground: bool (N, H, W), the head (``model.foreground_mask``).
+        channel: the channel drawn (1 is FLAIR).
+        channel_name: its name, for the titles.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    panels = ((axes[0], scaled, np.linspace(0, 1, 51), "scaled to [0, 1]"),
+              (axes[1], standardized, np.linspace(-4, 4, 51), "standardised per slice"))
+    for axis, values, bins, title in panels:
+        for k in range(len(values)):
+            pixels = values[k, ..., channel][foreground[k]]
+            if pixels.size:
+                axis.hist(pixels, bins=bins, density=True, histtype="step", linewidth=1.2)
+        axis.set_title(f"{channel_name} over the head, {title}", fontsize=9)
+        axis.set_xlabel("intensity")
+        axis.set_yticks([])
+    figure.tight_layout()
+    return figure
+
+
 def learning_curves(history: pd.DataFrame) -> plt.Figure:
     """Loss and Dice per epoch, training against validation."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
