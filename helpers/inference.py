@@ -523,7 +523,8 @@ def read_ground_truth(image_path: str | os.PathLike, shape: tuple[int, int]) -> 
     return truth, None
 
 
-def ground_truths(image_paths: list[str | os.PathLike]) -> list[np.ndarray | None]:
+def ground_truths(image_paths: list[str | os.PathLike],
+                  images: list[np.ndarray] | None = None) -> list[np.ndarray | None]:
     """The ground truth of each image: ``NAME_mask.ext`` beside it, read as 0/1, else ``None``.
 
     A mask that cannot be read, or whose size differs from its image's, gives
@@ -531,13 +532,22 @@ def ground_truths(image_paths: list[str | os.PathLike]) -> list[np.ndarray | Non
 
     Args:
         image_paths: the images.
+        images: the images already loaded (``load_image``), in the same
+            order, so that they are not read again for their sizes; ``None``
+            reads them.
 
     Returns:
         For each image, a uint8 (H, W) 0/1 mask or ``None``.
+
+    Raises:
+        ValueError: if ``images`` and ``image_paths`` differ in length.
     """
+    if images is not None and len(images) != len(image_paths):
+        raise ValueError(f"{len(images)} images for {len(image_paths)} image paths: give one image per path.")
     truths = []
-    for image_path in image_paths:
-        truth, problem = read_ground_truth(image_path, load_image(image_path).shape[:2])
+    for k, image_path in enumerate(image_paths):
+        image = images[k] if images is not None else load_image(image_path)
+        truth, problem = read_ground_truth(image_path, image.shape[:2])
         if problem:
             warnings.warn(problem, stacklevel=2)
         truths.append(truth)

@@ -264,6 +264,13 @@ def test_ground_truth_beside_an_image_adds_a_column_with_its_dice(tmp_path, tiny
     with pytest.warns(UserWarning, match="c_mask.png: its size differs"):
         truths = inference.ground_truths([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"])
     assert truths[0].sum() == 25 and truths[1] is None and truths[2] is None
+    loaded = [inference.load_image(tmp_path / name) for name in ("a.png", "c.png")]
+    with pytest.warns(UserWarning, match="c_mask.png: its size differs"):
+        given = inference.ground_truths([tmp_path / "a.png", tmp_path / "c.png"], loaded)
+    np.testing.assert_array_equal(given[0], truths[0])
+    assert given[1] is None
+    with pytest.raises(ValueError, match="1 images for 2 image paths"):
+        inference.ground_truths([tmp_path / "a.png", tmp_path / "c.png"], loaded[:1])
 
     images = [image, image]
     results = [inference.segment(tiny_model, im) for im in images]
