@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -483,6 +484,9 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str
     Raises:
         ValueError: if the run there was trained with other settings; the
             message names the file, the differences and what to do.
+
+    Warns:
+        UserWarning: if a run there has no ``settings.json`` to compare with.
     """
     run_dir = Path(run_dir)
     settings_path = run_dir / "settings.json"
@@ -502,6 +506,10 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str
                 f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). "
                 "Set RESUME = False to move it aside and train anew, or set the parameters back to continue it."
             )
+    elif started:
+        warnings.warn(f"{run_dir} holds a run without {settings_path.name} (written before runs recorded their "
+                      "settings): they cannot be compared, so it is taken as trained with today's. If it is not, "
+                      "set RESUME = False to move it aside and train anew.", stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(json.dumps(settings, indent=2))
     if not started:

@@ -367,3 +367,10 @@ def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("training_")]
     assert len(moved) == 1 and (moved[0] / "history.csv").is_file()
     assert sorted(p.name for p in run_dir.iterdir()) == ["settings.json"]
+
+    # A run from before settings were recorded cannot be compared: a warning says so.
+    (run_dir / "settings.json").unlink()
+    (run_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    with pytest.warns(UserWarning, match=r"without settings\.json.*RESUME = False"):
+        assert prepare_run(run_dir, settings) == "resume"
+    assert json.loads((run_dir / "settings.json").read_text()) == settings
