@@ -40,7 +40,7 @@ run: install  ## run notebooks 01-05 with papermill into runs/<time>/
 	@echo "Metrics:            $(abspath $(ARTIFACTS_DIR))/metrics.json"
 	@cat $(ARTIFACTS_DIR)/metrics.json | head -12
 
-demo: install  ## the whole series on synthetic data, in a few minutes
+demo: install  ## notebooks 01-05 on synthetic data, in a few minutes
 	$(MAKE) run ARTIFACTS_DIR=artifacts/demo RUN_DIR=runs/demo \
 	  EXTRA="-p SYNTHETIC True -p INPUT_SIZE 64 -p BASE_FILTERS 16 -p EPOCHS 8 -p TIME_BUDGET_MINUTES 0 $(EXTRA)"
 
@@ -52,15 +52,15 @@ lint: install  ## ruff over the package, tests and notebooks; no notebook with o
 	$(BIN)/python -m pytest -q tests/test_notebooks.py -k without_outputs
 
 bench: install  ## input pipeline, manifest and inference speed, JSON under artifacts/bench
-	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
-	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
 	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
 
 quality: install  ## train the CPU profile on real data and score held-out patients
-	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality
+	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality
 
 compare: install  ## design choices at equal time (8 min each), scored on validation patients
-	$(BIN)/python benchmarks/compare.py --data-dir $(or $(DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/compare \
+	$(BIN)/python benchmarks/compare.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/compare \
 	  --minutes 8 --variants residual plain no_standardize no_flair_only
 
 app: install  ## the Gradio app on http://127.0.0.1:7860
