@@ -68,12 +68,15 @@ def train_variant(name: str, arrays: dict, args, out: Path) -> dict:
         training.compile_model(model)
         train_images, train_masks, _ = arrays["train"]
         val_images, val_masks, val_rows = arrays["val"]
+        # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).
+        image_dtype = "uint8" if options.get("standardize", True) else "float32"
         train_ds = preprocessing.make_dataset(
             train_images, train_masks, args.batch_size, training=True, seed=args.seed,
             oversample_tumour=args.oversample,
             flair_only_probability=options.get("flair_only", preprocessing.FLAIR_ONLY_PROBABILITY),
-            rotate_zoom_probability=options.get("rotate_zoom", preprocessing.ROTATE_ZOOM_PROBABILITY))
-        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
+            rotate_zoom_probability=options.get("rotate_zoom", preprocessing.ROTATE_ZOOM_PROBABILITY),
+            image_dtype=image_dtype)
+        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size, image_dtype=image_dtype)
         print(f"--- {name}: {model.count_params():,} parameters, {args.minutes} minutes")
         training.train(model, train_ds, val_ds, run_dir, epochs=200, time_budget_minutes=args.minutes,
                        patience=200, val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()))

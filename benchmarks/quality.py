@@ -87,11 +87,13 @@ def main() -> None:
                                bce_weight=args.bce_weight, ema_momentum=args.ema)
         train_images, train_masks, _ = small["train"]
         val_images, val_masks, val_rows = small["val"]
+        # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).
+        image_dtype = "float32" if args.no_standardize else "uint8"
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
                                               seed=args.seed, oversample_tumour=args.oversample,
                                               flair_only_probability=args.flair_only,
-                                              gamma_probability=args.gamma)
-        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size)
+                                              gamma_probability=args.gamma, image_dtype=image_dtype)
+        val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size, image_dtype=image_dtype)
         train_started = time.monotonic()
         history = training.train(
             model, train_ds, val_ds, run_dir, epochs=args.epochs,

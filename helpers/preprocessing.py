@@ -408,7 +408,7 @@ def augment_batch(
     return moved_images, moved_masks
 
 
-def split_stacked(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Split slices stacked with their masks into the model's float inputs and targets.
 
     The last step of every pipeline of ``make_dataset``: one OpenCV
@@ -420,12 +420,19 @@ def split_stacked(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     TensorFlow's slice, cast and divide; ``benchmarks/pipeline.py``
     measures the whole pipeline.
 
+    With ``scale=False`` it only splits: image and mask stay uint8 (0-255
+    and 0/1), a quarter of the bytes, for a model that standardises each
+    slice itself (``make_dataset(image_dtype="uint8")``).
+
     Args:
         stack: uint8 (B, H, W, C + 1), image channels (0-255) then the mask
             (0/1); any memory layout (a copy is made if needed).
+        scale: cast to float32 and scale the image to [0, 1]; ``False``
+            keeps uint8.
 
     Returns:
-        images float32 (B, H, W, C) in [0, 1], masks float32 (B, H, W, 1) in {0, 1}.
+        images float32 (B, H, W, C) in [0, 1], masks float32 (B, H, W, 1) in
+        {0, 1}; with ``scale=False``, uint8 images (0-255) and uint8 masks (0/1).
 
     Raises:
         ValueError: if the array is not uint8 (B, H, W, C + 1) with C >= 1.
@@ -443,6 +450,8 @@ def split_stacked(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mask = np.empty((count * height, width), np.uint8)
     pairs = [index for k in range(planes) for index in (k, k)]
     cv2.mixChannels([rows], [image, mask], pairs)
+    if not scale:
+        return image.reshape(count, height, width, channels), mask.reshape(count, height, width, 1)
     scaled = image.astype(np.float32)
     np.divide(scaled, np.float32(255.0), out=scaled)
     return (scaled.reshape(count, height, width, channels),
@@ -477,14 +486,15 @@ def make_dataset(
     rotate_zoom_probability: float = ROTATE_ZOOM_PROBABILITY,
     parallel_augmentation: bool = True,
     gamma_probability: float = GAMMA_PROBABILITY,
+    image_dtype: str = "float32",
 ) -> tf.data.Dataset:
     """Build the tf.data pipeline over decoded uint8 slices.
 
     Training pipelines shuffle every epoch, optionally oversample slices with
     tumour, augment on the fly (whole batches at once, still in uint8, the
     cheapest form) and prefetch. Evaluation pipelines only batch and
-    prefetch. Both end with ``split_stacked`` (image scaled to 0-1, mask
-    apart), for training in the same call as the augmentation.
+    prefetch. Both end with ``split_stacked`` (image scaled to 0-1, or
+    kept in uint8, mask apart), for training in the same call as the augmentation.
 
     Each slice travels with its mask as one more channel (``augment_stacked``
     explains why) until the last step splits them. Slices held in memory are
@@ -512,12 +522,27 @@ def make_dataset(
             OpenCV's threads alone.
         gamma_probability: share of training slices given a random gamma
             per channel (see ``augment_batch``).
+        image_dtype: ``"float32"`` delivers images scaled to [0, 1];
+            ``"uint8"`` delivers the bytes as they are (0-255, masks 0/1 in
+            uint8), for a model whose first layer standardises each slice
+            (``build_resunet``'s ``SliceStandardization``, which gives the
+            same output for either scale): the model casts them to float in
+            its own step, on the GPU where there is one, and the pipeline
+            moves a quarter of the bytes. ``helpers.training.train`` refuses
+            uint8 batches for a model without that layer.
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
-        (B, H, W, 1) in {0, 1}).
+        (B, H, W, 1) in {0, 1}); with ``image_dtype="uint8"``, both uint8.
+
+    Raises:
+        ValueError: if ``image_dtype`` is neither ``"float32"`` nor ``"uint8"``.
     """
     require_tensorflow("make_dataset")
+    if image_dtype not in ("float32", "uint8"):
+        raise ValueError(f"image_dtype={image_dtype!r}: use 'float32' (scaled to [0, 1]) or 'uint8' (0-255 as stored).")
+    scale = image_dtype == "float32"
+    out_type = tf.float32 if scale else tf.uint8
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
         # In chunks, so that memory-mapped masks are never read whole into memory.
@@ -557,7 +582,7 @@ def make_dataset(
     image_shape, mask_shape = (None, *stacked_shape[:2], channels), (None, *stacked_shape[:2], 1)
 
     def to_inputs(arrays_op, *arguments):
-        images_out, masks_out = tf.numpy_function(arrays_op, list(arguments), [tf.float32, tf.float32],
+        images_out, masks_out = tf.numpy_function(arrays_op, list(arguments), [out_type, out_type],
                                                   stateful=False)
         images_out.set_shape(image_shape)
         masks_out.set_shape(mask_shape)
@@ -566,7 +591,7 @@ def make_dataset(
     if training and augment:
         def run(batch, batch_seed):
             return split_stacked(augment_stacked(batch, batch_seed, flair_only_probability, rotate_zoom_probability,
-                                                 gamma_probability=gamma_probability))
+                                                 gamma_probability=gamma_probability), scale)
 
         def augment(batch, batch_seed):
             return to_inputs(run, batch, batch_seed)
@@ -582,7 +607,8 @@ def make_dataset(
         calls = (os.cpu_count() or 2) if parallel_augmentation else 1
         dataset = tf.data.Dataset.zip((dataset, counter)).map(augment, num_parallel_calls=calls)
     else:
-        dataset = dataset.map(lambda batch: to_inputs(split_stacked, batch), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda batch: to_inputs(lambda stack: split_stacked(stack, scale), batch),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     # A pool of one thread per core for the pipeline's own work, apart from the model's.
     options = tf.data.Options()
     options.threading.private_threadpool_size = os.cpu_count() or 2

@@ -360,7 +360,12 @@ def train(
 
     Returns:
         The whole history (all runs), one row per epoch.
+
+    Raises:
+        ValueError: if the training batches are uint8 (``make_dataset(image_dtype="uint8")``)
+            and the model does not standardise each slice itself.
     """
+    _check_input_scale(model, train_dataset)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     history_path = output_dir / "history.csv"
@@ -415,6 +420,22 @@ def train(
     if not history.empty and not np.all(np.isfinite(history["loss"])):
         print("The loss became NaN: training stopped; the last good epoch is kept in backup/.")
     return history
+
+
+def _check_input_scale(model: keras.Model, dataset) -> None:
+    """Refuse uint8 images (0-255) for a model without ``SliceStandardization``, which expects [0, 1]."""
+    from helpers.model import SliceStandardization
+
+    spec = getattr(dataset, "element_spec", None)
+    images = spec[0] if isinstance(spec, tuple) else None
+    if tf is None or images is None or getattr(images, "dtype", None) != tf.uint8:
+        return
+    if not any(isinstance(layer, SliceStandardization) for layer in model.layers):
+        raise ValueError(
+            f"The training batches hold uint8 images (0-255), but model '{model.name}' has no "
+            "SliceStandardization layer to standardise them, and expects images scaled to [0, 1]: "
+            "build the dataset with make_dataset(..., image_dtype='float32')."
+        )
 
 
 def steps_per_epoch(n_slices: int, batch_size: int) -> int:

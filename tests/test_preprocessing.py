@@ -443,3 +443,37 @@ def test_arrays_by_split_maps_each_side_from_disk_when_asked(synthetic_manifest,
     train_images, train_masks, _ = mapped["train"]
     delivered = sum(int(batch[0].shape[0]) for batch in make_dataset(train_images, train_masks, 4, training=True))
     assert delivered == len(train_images)
+
+
+def test_split_stacked_without_scaling_keeps_the_bytes():
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    masks = (rng.random((3, 8, 8)) < 0.4).astype(np.uint8)
+    stack = np.concatenate([images, masks[..., None]], axis=-1)
+    got_images, got_masks = split_stacked(stack, scale=False)
+    assert got_images.dtype == got_masks.dtype == np.uint8
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_masks, masks[..., None])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_uint8_pipeline_delivers_the_float_pipeline_bytes(synthetic_arrays, training):
+    """image_dtype='uint8' gives the same slices, the same augmentation, unscaled."""
+    images, masks = synthetic_arrays
+    images, masks = images[:12], masks[:12]
+    as_floats = make_dataset(images, masks, batch_size=4, training=training, seed=2)
+    as_bytes = make_dataset(images, masks, batch_size=4, training=training, seed=2, image_dtype="uint8")
+    assert as_bytes.element_spec[0].dtype == as_bytes.element_spec[1].dtype == tf.uint8
+    batches = 0
+    for (float_images, float_masks), (byte_images, byte_masks) in zip(as_floats.as_numpy_iterator(),
+                                                                      as_bytes.as_numpy_iterator(), strict=True):
+        np.testing.assert_array_equal(byte_images.astype(np.float32) / np.float32(255.0), float_images)
+        np.testing.assert_array_equal(byte_masks, float_masks.astype(np.uint8))
+        batches += 1
+    assert batches == 3
+
+
+def test_pipeline_refuses_an_unknown_image_dtype(synthetic_arrays):
+    images, masks = synthetic_arrays
+    with pytest.raises(ValueError, match="image_dtype='float16'.*'float32'.*'uint8'"):
+        make_dataset(images, masks, image_dtype="float16")

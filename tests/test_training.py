@@ -374,3 +374,22 @@ def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
     with pytest.warns(UserWarning, match=r"without settings\.json.*RESUME = False"):
         assert prepare_run(run_dir, settings) == "resume"
     assert json.loads((run_dir / "settings.json").read_text()) == settings
+
+
+def test_uint8_batches_train_a_standardising_model_and_are_refused_without_one(slices, tmp_path):
+    """A ResUNet standardises each slice, so 0-255 bytes give what [0, 1] floats give; a model without
+    that layer is refused uint8 batches before training starts."""
+    keras.utils.set_random_seed(4)
+    images, masks = slices["train"]
+    model = tiny_model(eager=False)
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               model.predict(images.astype(np.float32) / 255, verbose=0), atol=1e-4)
+    as_bytes = make_dataset(images, masks, batch_size=4, training=True, image_dtype="uint8")
+    history = train(model, as_bytes, make_dataset(images, masks, batch_size=4, image_dtype="uint8"),
+                    tmp_path / "bytes", epochs=1)
+    assert len(history) == 1 and np.isfinite(history["loss"]).all()
+
+    unstandardised = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2, standardize=False))
+    with pytest.raises(ValueError, match="uint8 images.*no SliceStandardization.*image_dtype='float32'"):
+        train(unstandardised, as_bytes, as_bytes, tmp_path / "refused", epochs=1)
+    assert not (tmp_path / "refused").exists()
