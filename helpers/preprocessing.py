@@ -412,13 +412,15 @@ def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np
     """Split slices stacked with their masks into the model's float inputs and targets.
 
     The last step of every pipeline of ``make_dataset``: one OpenCV
-    ``mixChannels`` pass splits image and mask, then NumPy casts the image
-    to float32 and divides it by 255 in place (the same correctly rounded
-    division as ``normalize``, so the result equals it bit for bit). On one
-    core this took about 0.21 ms per 256x256 slice, against 0.32 ms when
-    OpenCV's ``multiply`` scaled in double precision, and 0.44-0.48 ms for
-    TensorFlow's slice, cast and divide; ``benchmarks/pipeline.py``
-    measures the whole pipeline.
+    ``mixChannels`` pass splits image and mask, then NumPy divides the image
+    by 255 in float32 (the same correctly rounded division as ``normalize``,
+    so the result equals it bit for bit). On one core the split and scaling
+    took about 0.21 ms per 256x256 slice, against 0.32 ms when OpenCV's
+    ``multiply`` scaled in double precision, and 0.44-0.48 ms for
+    TensorFlow's slice, cast and divide. The outputs start on 64-byte
+    boundaries, so that TensorFlow takes them without a copy.
+    ``benchmarks/pipeline.py`` measures the whole pipeline, and
+    ``benchmarks/pipeline_stages.py`` each stage.
 
     With ``scale=False`` it only splits: image and mask stay uint8 (0-255
     and 0/1), a quarter of the bytes, for a model that standardises each
@@ -446,16 +448,40 @@ def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np
     channels = planes - 1
     # Rows of all slices one after another: one OpenCV image of B*H rows per call.
     rows = np.ascontiguousarray(stack).reshape(count * height, width, planes)
-    image = np.empty((count * height, width, channels), np.uint8)
-    mask = np.empty((count * height, width), np.uint8)
+    # Outputs on 64-byte boundaries: TensorFlow then takes them from tf.numpy_function without
+    # a copy (it copies any array less aligned than its own buffers, and NumPy aligns to 16).
+    image = aligned_empty((count * height, width, channels), np.uint8)
+    mask = aligned_empty((count * height, width), np.uint8)
     pairs = [index for k in range(planes) for index in (k, k)]
     cv2.mixChannels([rows], [image, mask], pairs)
     if not scale:
         return image.reshape(count, height, width, channels), mask.reshape(count, height, width, 1)
-    scaled = image.astype(np.float32)
-    np.divide(scaled, np.float32(255.0), out=scaled)
-    return (scaled.reshape(count, height, width, channels),
-            mask.astype(np.float32).reshape(count, height, width, 1))
+    scaled = aligned_empty(image.shape, np.float32)
+    np.divide(image, np.float32(255.0), out=scaled, dtype=np.float32)
+    mask_out = aligned_empty(mask.shape, np.float32)
+    np.copyto(mask_out, mask, casting="unsafe")
+    return (scaled.reshape(count, height, width, channels), mask_out.reshape(count, height, width, 1))
+
+
+def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts on an ``alignment``-byte boundary.
+
+    NumPy aligns only to 16 bytes; TensorFlow wants 64 to use an array's
+    memory as a tensor's without copying it.
+
+    Args:
+        shape: the array's shape.
+        dtype: its dtype.
+        alignment: the boundary in bytes.
+
+    Returns:
+        The array (a view into a slightly larger buffer).
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(size + alignment, np.uint8)
+    offset = (-buffer.ctypes.data) % alignment
+    return buffer[offset:offset + size].view(dtype).reshape(shape)
 
 
 def stack_with_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
