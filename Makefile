@@ -53,6 +53,7 @@ lint: install  ## ruff over the package, tests and notebooks; no notebook with o
 
 bench: install  ## input pipeline, manifest and inference speed, JSON under artifacts/bench
 	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/pipeline_stages.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
 	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
 	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
 
