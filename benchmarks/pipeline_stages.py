@@ -1,7 +1,7 @@
 """Where the training pipeline's time goes: the same pipeline cut short at each stage.
 
 Each line builds the tf.data pipeline of ``make_dataset`` (in-memory slices,
-256x256, batches of 16, augmentation on two batches at once) up to one stage
+256x256, batches of 16, augmentation on one batch per core at once) up to one stage
 and measures the slices per second it delivers. The per-slice work itself
 (``augment_stacked`` and ``split_stacked``) is also timed outside TensorFlow, in
 one Python thread and in two, to show how far two cores could take it.
@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = data.build_manifest(data.resolve_data_dir(args.data_dir), show_progress=False)
-    images, masks = data.load_arrays(manifest, size=256, cache_dir=args.cache_dir, show_progress=False)
+    images, masks = data.load_arrays(manifest, size=256, cache_dir=args.cache_dir, show_progress=False,
+                                     in_memory=True)
     stacked = preprocessing.stack_with_masks(images, masks)
     batch_size = 16
 

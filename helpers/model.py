@@ -51,7 +51,8 @@ class SliceStandardization(layers.Layer):
         ValueError: if ``foreground_channel`` is negative, or not below the
             number of channels of a multi-channel input.
 
-    Input shape: float (B, H, W, C), any non-negative scale.
+    Input shape: (B, H, W, C), float or integer, any non-negative scale
+    (0-1 and 0-255 give the same output, to rounding).
     Output shape: float32 (B, H, W, C), about zero mean and unit variance
     over the foreground, within +-clip.
     """
@@ -97,23 +98,29 @@ class SliceStandardization(layers.Layer):
                 "foreground_channel": self.foreground_channel}
 
 
-def foreground_mask(images, foreground_channel: int = 1, foreground_fraction: float = 0.05):
+def foreground_mask(images, foreground_channel: int | None = 1, foreground_fraction: float = 0.05):
     """The pixels ``SliceStandardization`` standardises over: the head.
 
     The same rule as the layer, in NumPy, for figures and checks: a pixel is
-    foreground where the foreground channel exceeds ``foreground_fraction`` of
-    that slice's brightest pixel in the channel.
+    foreground where the foreground channel (the mean of the channels when
+    it is ``None``, or the only channel of a one-channel input) exceeds
+    ``foreground_fraction`` of that slice's brightest value in it.
 
     Args:
         images: (N, H, W, C) array, any non-negative scale.
-        foreground_channel: channel that defines the foreground (1 is FLAIR).
+        foreground_channel: channel that defines the foreground (1 is FLAIR,
+            as ``build_resunet`` uses); ``None``: the mean of the channels.
         foreground_fraction: share of the slice maximum above which a pixel
             is foreground.
 
     Returns:
         bool (N, H, W).
     """
-    brightness = np.asarray(images, np.float32)[..., foreground_channel]
+    images = np.asarray(images, np.float32)
+    if foreground_channel is None or images.shape[-1] == 1:
+        brightness = images.mean(axis=-1)
+    else:
+        brightness = images[..., foreground_channel]
     peak = brightness.max(axis=(1, 2), keepdims=True)
     return brightness > foreground_fraction * peak
 
@@ -188,7 +195,8 @@ def build_resunet(
     Returns:
         An uncompiled Keras model mapping float32 (B, H, W, C) in [0, 1] to
         probabilities (B, H, W, num_classes), float32 even under mixed
-        precision.
+        precision. With ``standardize``, images of 0-255 (uint8 batches of
+        ``make_dataset(image_dtype="uint8")``) give the same output.
 
     Raises:
         ValueError: if H or W is not divisible by ``2 ** depth``.

@@ -95,7 +95,7 @@ def standardization(scaled: np.ndarray, standardized: np.ndarray, foreground: np
     spreads; after, each is centred on 0 with unit spread.
 
     Args:
-        scaled: float (N, H, W, C) in [0, 1], the pipeline's input.
+        scaled: float (N, H, W, C) in [0, 1], the slices scaled by ``normalize``.
         standardized: float (N, H, W, C), the same slices out of ``SliceStandardization``.
         foreground: bool (N, H, W), the head (``model.foreground_mask``).
         channel: the channel drawn (1 is FLAIR).

@@ -1,8 +1,9 @@
 """Patient-level splits, normalisation, augmentation and the tf.data pipeline.
 
-The pipeline scales each slice linearly, ``image / 255``; the model's first
-layer (``helpers.model.SliceStandardization``) then z-scores each channel of
-each slice over the head. Both are per slice, because a user's PNG or JPEG
+Each slice is scaled linearly, ``image / 255`` (the training pipeline may
+also hand the model the bytes as they are); the model's first layer
+(``helpers.model.SliceStandardization``) then z-scores each channel of each
+slice over the head, whatever the scale. Both are per slice, because a user's PNG or JPEG
 is a single slice with no volume around it, so training and inference see
 the same thing; an all-black slice stays finite (zeros).
 """
@@ -409,7 +410,7 @@ def augment_batch(
 
 
 def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Split slices stacked with their masks into the model's float inputs and targets.
+    """Split slices stacked with their masks into the model's inputs and targets.
 
     The last step of every pipeline of ``make_dataset``: one OpenCV
     ``mixChannels`` pass splits image and mask, then NumPy divides the image

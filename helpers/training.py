@@ -362,10 +362,13 @@ def train(
         The whole history (all runs), one row per epoch.
 
     Raises:
-        ValueError: if the training batches are uint8 (``make_dataset(image_dtype="uint8")``)
-            and the model does not standardise each slice itself.
+        ValueError: if the training or validation dataset is a ``tf.data.Dataset``
+            of integer images (``make_dataset(image_dtype="uint8")``) and the
+            model, or a model nested in it, does not standardise each slice
+            itself. (Other inputs, such as arrays or a ``PyDataset``, are not checked.)
     """
-    _check_input_scale(model, train_dataset)
+    _check_input_scale(model, train_dataset, "training")
+    _check_input_scale(model, val_dataset, "validation")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     history_path = output_dir / "history.csv"
@@ -422,17 +425,26 @@ def train(
     return history
 
 
-def _check_input_scale(model: keras.Model, dataset) -> None:
-    """Refuse uint8 images (0-255) for a model without ``SliceStandardization``, which expects [0, 1]."""
+def _all_layers(layer):
+    """A model's layers, those of the models nested in it included."""
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from _all_layers(child)
+
+
+def _check_input_scale(model: keras.Model, dataset, role: str) -> None:
+    """Refuse integer images (0-255 bytes) for a model without ``SliceStandardization``, which expects [0, 1]."""
     from helpers.model import SliceStandardization
 
     spec = getattr(dataset, "element_spec", None)
-    images = spec[0] if isinstance(spec, tuple) else None
-    if tf is None or images is None or getattr(images, "dtype", None) != tf.uint8:
+    if tf is None or not isinstance(spec, tuple) or not spec:
         return
-    if not any(isinstance(layer, SliceStandardization) for layer in model.layers):
+    images = [item for item in tf.nest.flatten(spec[0]) if hasattr(item, "dtype")]
+    if not any(item.dtype.is_integer for item in images):
+        return
+    if not any(isinstance(layer, SliceStandardization) for layer in _all_layers(model)):
         raise ValueError(
-            f"The training batches hold uint8 images (0-255), but model '{model.name}' has no "
+            f"The {role} batches hold integer images (0-255), but model '{model.name}' has no "
             "SliceStandardization layer to standardise them, and expects images scaled to [0, 1]: "
             "build the dataset with make_dataset(..., image_dtype='float32')."
         )

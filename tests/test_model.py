@@ -170,17 +170,27 @@ def test_resunet_starts_by_standardizing_unless_told_not_to():
 
 
 def test_foreground_mask_is_where_the_layer_standardises():
-    """The NumPy head mask matches the layer: over it each channel has mean 0 and std 1."""
+    """The NumPy head mask matches the layer: over it each channel has mean 0 and std 1.
+
+    Channel 0 has a grey background (as TCGA_FG_7637's pre-contrast scan), so
+    a mask from channel 0 or from the mean of the channels would cover the
+    whole slice, and the statistics over it would not be 0 and 1.
+    """
     from helpers.model import SliceStandardization, foreground_mask
 
     rng = np.random.default_rng(3)
     images = np.zeros((2, 32, 32, 3), np.float32)
+    images[..., 0] = 0.4  # grey outside the head
     images[:, 8:24, 8:24] = rng.uniform(0.2, 0.9, (2, 16, 16, 3))
     images[1, 8:24, 8:24, 1] *= 0.5  # a dimmer FLAIR on the second slice
     head = foreground_mask(images, foreground_channel=1)
     assert head.shape == (2, 32, 32) and head[:, 8:24, 8:24].all() and not head[:, :8].any()
+    assert foreground_mask(images, foreground_channel=None).all()  # the mean: the grey covers everything
     standardized = np.asarray(SliceStandardization(foreground_channel=1)(images))
     for k in range(2):
         pixels = standardized[k][head[k]]
         np.testing.assert_allclose(pixels.mean(axis=0), 0.0, atol=1e-4)
         np.testing.assert_allclose(pixels.std(axis=0), 1.0, atol=1e-3)
+    # One channel: its only channel, as the layer does.
+    single = images[..., 1:2]
+    np.testing.assert_array_equal(foreground_mask(single, foreground_channel=1), head)

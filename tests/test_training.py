@@ -390,6 +390,14 @@ def test_uint8_batches_train_a_standardising_model_and_are_refused_without_one(s
     assert len(history) == 1 and np.isfinite(history["loss"]).all()
 
     unstandardised = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2, standardize=False))
-    with pytest.raises(ValueError, match="uint8 images.*no SliceStandardization.*image_dtype='float32'"):
+    with pytest.raises(ValueError, match="training batches hold integer images.*no SliceStandardization.*"
+                                         "image_dtype='float32'"):
         train(unstandardised, as_bytes, as_bytes, tmp_path / "refused", epochs=1)
+    as_floats = make_dataset(images, masks, batch_size=4)
+    with pytest.raises(ValueError, match="validation batches hold integer images"):
+        train(unstandardised, as_floats, as_bytes, tmp_path / "refused", epochs=1)
     assert not (tmp_path / "refused").exists()
+
+    # A ResUNet nested in another model still standardises: accepted.
+    wrapped = compile_model(keras.Sequential([keras.Input((SIZE, SIZE, 3)), model]))
+    assert len(train(wrapped, as_bytes, as_floats, tmp_path / "wrapped", epochs=1)) == 1
