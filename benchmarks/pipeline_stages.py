@@ -37,18 +37,6 @@ def threaded_rate(work, batches: list[np.ndarray], threads: int, rounds: int) ->
     return done / (time.perf_counter() - start)
 
 
-def pipeline_rate(dataset: tf.data.Dataset, batches: int, warmup: int = 2) -> float:
-    """Slices per second a dataset delivers, whatever its elements (the first tensor's rows are counted)."""
-    iterator = iter(dataset.repeat())
-    for _ in range(warmup):
-        next(iterator)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        element = next(iterator)
-        count += int((element[0] if isinstance(element, (tuple, list)) else element).shape[0])
-    return count / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
@@ -108,7 +96,8 @@ def main() -> None:
         "gather and split to float32, no augmentation":
             lambda: finish(through_numpy(lambda b, s: preprocessing.split_stacked(b), [tf.float32, tf.float32])),
     }
-    inside = {name: pipeline_rate(build(), args.batches) for name, build in stages.items()}
+    inside = {name: preprocessing.measure_throughput(build(), args.batches)["slices_per_second"]
+              for name, build in stages.items()}
 
     result = {
         "command": f"python benchmarks/pipeline_stages.py --data-dir {args.data_dir} --out {args.out}",

@@ -449,8 +449,6 @@ def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np
     channels = planes - 1
     # Rows of all slices one after another: one OpenCV image of B*H rows per call.
     rows = np.ascontiguousarray(stack).reshape(count * height, width, planes)
-    # Outputs on 64-byte boundaries: TensorFlow then takes them from tf.numpy_function without
-    # a copy (it copies any array less aligned than its own buffers, and NumPy aligns to 16).
     image = aligned_empty((count * height, width, channels), np.uint8)
     mask = aligned_empty((count * height, width), np.uint8)
     pairs = [index for k in range(planes) for index in (k, k)]
@@ -712,6 +710,9 @@ def load_split(artifacts_dir) -> pd.DataFrame:
 def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int = 2) -> dict:
     """Slices per second a pipeline delivers, after ``warmup`` batches.
 
+    The rows of each element's first tensor are counted: the images of an
+    (images, masks) pair, or the element itself when it is one tensor.
+
     Returns:
         ``{"slices_per_second": float, "batches": int, "seconds": float}``.
     """
@@ -723,7 +724,7 @@ def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int 
         next(iterator)
     count, start = 0, time.perf_counter()
     for _ in range(batches):
-        images, _ = next(iterator)
-        count += int(images.shape[0])
+        element = next(iterator)
+        count += int((element[0] if isinstance(element, (tuple, list)) else element).shape[0])
     seconds = time.perf_counter() - start
     return {"slices_per_second": count / seconds, "batches": batches, "seconds": seconds}
