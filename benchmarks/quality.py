@@ -43,6 +43,8 @@ def main() -> None:
                         help="weight of the cross-entropy loss (default: %(default)s)")
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="input channels the network reads, e.g. 1 for FLAIR alone (default: all three)")
     parser.add_argument("--no-standardize", action="store_true",
                         help="feed 0-1 intensities without the per-slice z-score layer")
     parser.add_argument("--flair-only", type=float, default=preprocessing.FLAIR_ONLY_PROBABILITY,
@@ -82,7 +84,7 @@ def main() -> None:
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
-                              standardize=not args.no_standardize)
+                              standardize=not args.no_standardize, channels=args.channels)
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
                                bce_weight=args.bce_weight, ema_momentum=args.ema)
         train_images, train_masks, _ = small["train"]
@@ -134,7 +136,7 @@ def main() -> None:
                                     input_size=args.input_size, base_filters=args.width)
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
             for k, v in vars(args).items() if v is not False and v is not None),
         "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
         "keras": keras.__version__, "helpers": helpers.__version__,

@@ -98,6 +98,47 @@ class SliceStandardization(layers.Layer):
                 "foreground_channel": self.foreground_channel}
 
 
+@keras.saving.register_keras_serializable(package="helpers")
+class SelectChannels(layers.Layer):
+    """Keep some channels of the input and drop the others.
+
+    The dataset's slices hold three MRI sequences (pre-contrast, FLAIR,
+    post-contrast), but a few patients lack one or both contrast scans and
+    have FLAIR copied in their place. A model that reads FLAIR alone
+    (``channels=(1,)``) cannot be misled by such a copy, and the tumour
+    outlines of this dataset were drawn on FLAIR. Living in the model, the
+    choice travels with the saved file: callers keep passing all channels.
+
+    Args:
+        channels: indices of the channels to keep, in order.
+
+    Raises:
+        ValueError: if ``channels`` is empty or holds a negative index.
+
+    Input shape: (B, H, W, C) with C greater than every index.
+    Output shape: (B, H, W, len(channels)), the input's dtype.
+    """
+
+    def __init__(self, channels=(1,), **kwargs):
+        super().__init__(**kwargs)
+        self.channels = tuple(int(c) for c in channels)
+        if not self.channels or min(self.channels) < 0:
+            raise ValueError(f"channels must be one or more indices >= 0, not {channels}.")
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and max(self.channels) >= input_shape[-1]:
+            raise ValueError(f"channel {max(self.channels)} does not exist in an input of {input_shape[-1]} channels.")
+
+    def call(self, images):
+        return ops.take(images, list(self.channels), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.channels))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": list(self.channels)}
+
+
 def foreground_mask(images, foreground_channel: int | None = 1, foreground_fraction: float = 0.05):
     """The pixels ``SliceStandardization`` standardises over: the head.
 
@@ -173,6 +214,7 @@ def build_resunet(
     num_classes: int = 1,
     residual: bool = True,
     standardize: bool = True,
+    channels: tuple[int, ...] | None = None,
     name: str = "resunet",
 ) -> keras.Model:
     """Build the ResUNet (or a plain U-Net with ``residual=False``).
@@ -190,6 +232,9 @@ def build_resunet(
         standardize: start with ``SliceStandardization`` (per-slice,
             per-channel z-score over the head); False feeds the 0-1 input
             as it is.
+        channels: input channels the network reads (``SelectChannels``),
+            e.g. ``(1,)`` for FLAIR alone; ``None`` reads all of them. The
+            model still takes all C channels, so callers need not change.
         name: the model's name.
 
     Returns:
@@ -208,6 +253,8 @@ def build_resunet(
         )
     inputs = keras.Input(shape=input_shape, name="image")
     x = SliceStandardization(foreground_channel=1, name="standardize")(inputs) if standardize else inputs
+    if channels is not None:
+        x = SelectChannels(channels, name="select_channels")(x)
     x = residual_unit(x, base_filters, first=True, residual=residual, name="enc0")
     skips = [x]
     for level in range(1, depth + 1):

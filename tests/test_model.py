@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import helpers  # noqa: F401  (registers the custom loss and metric for loading)
-from helpers.model import build_resunet, count_residual_additions
+from helpers.model import SelectChannels, build_resunet, count_residual_additions
 from helpers.training import compile_model
 
 
@@ -194,3 +194,32 @@ def test_foreground_mask_is_where_the_layer_standardises():
     # One channel: its only channel, as the layer does.
     single = images[..., 1:2]
     np.testing.assert_array_equal(foreground_mask(single, foreground_channel=1), head)
+
+
+def test_flair_only_model_ignores_the_other_channels_and_round_trips(tmp_path):
+    model = build_resunet((16, 16, 3), base_filters=4, depth=2, channels=(1,))
+    assert model.input_shape == (None, 16, 16, 3)  # callers still pass all three sequences
+    assert model.get_layer("enc0_conv1").kernel.shape[2] == 1  # the network sees one channel
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    flair_copied = images.copy()
+    flair_copied[..., 0] = flair_copied[..., 2] = flair_copied[..., 1]  # a patient without contrast scans
+    expected = np.asarray(model(images, training=False))
+    np.testing.assert_allclose(np.asarray(model(flair_copied, training=False)), expected, atol=1e-6)
+    changed_flair = images.copy()
+    changed_flair[..., 1] = rng.uniform(0, 1, (2, 16, 16))
+    assert not np.allclose(np.asarray(model(changed_flair, training=False)), expected, atol=1e-4)
+    path = tmp_path / "flair.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True by default
+    np.testing.assert_array_equal(np.asarray(loaded(images, training=False)), expected)
+    assert loaded.get_layer("select_channels").channels == (1,)
+
+
+def test_select_channels_refuses_missing_or_negative_channels():
+    with pytest.raises(ValueError, match="indices >= 0"):
+        SelectChannels(())
+    with pytest.raises(ValueError, match="indices >= 0"):
+        SelectChannels((-1,))
+    with pytest.raises(ValueError, match="channel 3 does not exist in an input of 3 channels"):
+        build_resunet((16, 16, 3), 4, depth=2, channels=(1, 3))
