@@ -172,6 +172,18 @@ def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series
         execute("04_training.ipynb", tmp_path, {**parameters, "BASE_FILTERS": 32})
 
 
+
+def test_training_on_flair_alone_saves_a_model_that_reads_flair_alone(series, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(series, artifacts)
+    parameters = {"ARTIFACTS_DIR": str(artifacts), **SHARED, **SMALL["04_training.ipynb"], "EPOCHS": 1,
+                  "CHANNELS": [1], "RESUME": False}
+    execute("04_training.ipynb", tmp_path, parameters)
+    assert json.loads((artifacts / "training" / "settings.json").read_text())["channels"] == [1]
+    model = keras.models.load_model(artifacts / "model.keras")
+    assert model.get_layer("select_channels").channels == (1,)
+    assert model.get_layer("enc0_conv1").kernel.shape[2] == 1
+
 def test_notebook_with_missing_inputs_names_the_notebook_to_run_first(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="01_data_download"):
         execute("02_preprocessing.ipynb", tmp_path, {"ARTIFACTS_DIR": str(tmp_path / "empty")})
