@@ -20,7 +20,9 @@ most 64 MiB of files with it, so the measurement runs in three steps:
    ``keras.utils.PyDataset``. Writes
    ``best.keras`` (float32, no optimizer; split into ``best.keras.part*``
    when larger than ``--part-mib``), ``history.csv``, ``training_time.json``
-   and ``device.json`` under ``--out``.
+   and ``device.json`` under ``--out``. ``--input-size``, ``--width`` and
+   ``--channels`` train another shape (the packed slices are resized),
+   ``--policy`` another precision.
 
        KERAS_BACKEND=jax python benchmarks/gpu_profile.py train --pack .gpu/slices.npz --out $OUT/run
 
@@ -29,7 +31,7 @@ most 64 MiB of files with it, so the measurement runs in three steps:
    patients, whom the model never saw.
 
        cat run/best.keras.part?? > artifacts/gpu/run/best.keras   # with the other files of run/
-       python benchmarks/quality.py --out artifacts/gpu --input-size 256 --width 32 --evaluate-only
+       python benchmarks/quality.py --out artifacts/gpu --input-size 256 --width 32 --evaluate-only  # the size and width trained
 """
 
 from __future__ import annotations
@@ -105,6 +107,27 @@ def unpack(path: str | Path) -> dict:
     return {side: (stacks[packed["side"] == side], packed["patient"][packed["side"] == side])
             for side in ("train", "val")} | {"mean_abs_error": float(packed["mean_abs_error"]),
                                              "jpeg_quality": int(packed["jpeg_quality"])}
+
+
+def resize_stacks(stacks: np.ndarray, size: int) -> np.ndarray:
+    """Resize packed slices as ``load_arrays`` does: images by area, masks by nearest neighbour.
+
+    Args:
+        stacks: uint8 (N, H, W, C + 1), image channels 0-255 then the mask 0/1.
+        size: output height and width.
+
+    Returns:
+        uint8 (N, size, size, C + 1); the input itself when it already has that size.
+    """
+    import cv2
+
+    if stacks.shape[1:3] == (size, size):
+        return stacks
+    out = np.empty((len(stacks), size, size, stacks.shape[-1]), np.uint8)
+    for k, stack in enumerate(stacks):
+        out[k, ..., :-1] = cv2.resize(stack[..., :-1], (size, size), interpolation=cv2.INTER_AREA)
+        out[k, ..., -1] = cv2.resize(stack[..., -1], (size, size), interpolation=cv2.INTER_NEAREST)
+    return out
 
 
 def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int, workers: int,
@@ -195,11 +218,16 @@ def train_profile(args: argparse.Namespace) -> None:
         raise SystemExit(f"{out} is not empty: a run there would resume from its backup. Choose a new --out.")
     profile = dict(training.GPU_PROFILE, device=training.describe_device(), time_budget_minutes=args.minutes)
     profile["epochs"] = args.epochs or profile["epochs"]
+    profile["input_size"] = args.input_size or profile["input_size"]
+    profile["base_filters"] = args.width or profile["base_filters"]
+    profile["channels"] = args.channels
     print(f"Keras {keras.__version__} on {keras.backend.backend()}; {profile['device']}")
     print(json.dumps(profile, indent=2))
     arrays = unpack(args.pack)
     train_stacks, _ = arrays["train"]
     val_stacks, val_patients = arrays["val"]
+    train_stacks = resize_stacks(train_stacks, profile["input_size"])
+    val_stacks = resize_stacks(val_stacks, profile["input_size"])
     print(f"Decoded {len(train_stacks)} training and {len(val_stacks)} validation slices "
           f"in {time.monotonic() - started:.0f} s.")
     keras.utils.set_random_seed(args.seed)
@@ -208,7 +236,7 @@ def train_profile(args: argparse.Namespace) -> None:
     profile["mixed_precision"] = policy != "float32"
     keras.mixed_precision.set_global_policy(policy)
     size, width = profile["input_size"], profile["base_filters"]
-    model = training.compile_model(build_resunet((size, size, 3), width))
+    model = training.compile_model(build_resunet((size, size, 3), width, channels=args.channels))
     train_batches = make_batches(train_stacks, profile["batch_size"], True, args.seed, args.workers,
                                  profile["oversample_tumour"])
     val_batches = make_batches(val_stacks, profile["batch_size"], False, args.seed, args.workers)
@@ -222,7 +250,7 @@ def train_profile(args: argparse.Namespace) -> None:
     # float32 and without the optimizer, so that it loads and predicts anywhere, CPUs included.
     keras.mixed_precision.set_global_policy("float32")
     best = keras.models.load_model(out / "best.keras", compile=False)
-    clean = build_resunet((size, size, 3), width)
+    clean = build_resunet((size, size, 3), width, channels=args.channels)
     clean.set_weights(best.get_weights())
     clean.save(out / "best.keras")
     size_bytes = (out / "best.keras").stat().st_size
@@ -245,7 +273,8 @@ def train_profile(args: argparse.Namespace) -> None:
         "training_slices_per_second": len(history) * len(train_batches) * profile["batch_size"] / seconds,
         "model_bytes": size_bytes,
         "command": "KERAS_BACKEND=jax python benchmarks/gpu_profile.py train " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "step" and v is not None),
+            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+            for k, v in vars(args).items() if k != "step" and v is not None),
     }, indent=2))
     print((out / "device.json").read_text())
 
@@ -278,6 +307,11 @@ def main() -> None:
     fitting.add_argument("--pack", default=".gpu/slices.npz", help="the pack to read (default: %(default)s)")
     fitting.add_argument("--out", default="artifacts/gpu/run", help="output folder (default: %(default)s)")
     fitting.add_argument("--epochs", type=int, default=None, help="most epochs (default: the profile's)")
+    fitting.add_argument("--input-size", type=int, default=None,
+                         help="input size; the packed 256x256 slices are resized to it (default: the profile's)")
+    fitting.add_argument("--width", type=int, default=None, help="base filters (default: the profile's)")
+    fitting.add_argument("--channels", type=int, nargs="+", default=None,
+                         help="input channels the network reads, e.g. 1 for FLAIR alone (default: all three)")
     fitting.add_argument("--minutes", type=float, default=6.0, help="training budget (default: %(default)s)")
     fitting.add_argument("--patience", type=int, default=20, help="early-stopping patience (default: %(default)s)")
     fitting.add_argument("--workers", type=int, default=12, help="threads preparing batches (default: %(default)s)")

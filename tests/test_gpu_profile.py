@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -102,6 +103,19 @@ def test_oversampling_adds_half_the_tumour_slices(monkeypatch):
     assert sum(index < 16 for index in drawn) == 16 + 8
     assert set(range(16, 64)) <= set(drawn)
 
+
+
+def test_resized_stacks_match_the_slices_load_arrays_would_give():
+    rng = np.random.default_rng(5)
+    stacks = rng.integers(0, 256, (3, 32, 32, 4), dtype=np.uint8)
+    stacks[..., 3] = rng.random((3, 32, 32)) < 0.3
+    small = gpu_profile.resize_stacks(stacks, 16)
+    assert small.shape == (3, 16, 16, 4) and small.dtype == np.uint8
+    for k in range(3):
+        np.testing.assert_array_equal(small[k, ..., :3], cv2.resize(stacks[k, ..., :3], (16, 16), interpolation=cv2.INTER_AREA))
+        np.testing.assert_array_equal(small[k, ..., 3], cv2.resize(stacks[k, ..., 3], (16, 16), interpolation=cv2.INTER_NEAREST))
+    assert set(np.unique(small[..., 3])) <= {0, 1}
+    assert gpu_profile.resize_stacks(stacks, 32) is stacks
 
 def test_validation_batches_keep_every_slice_in_order():
     stacks = stacks_with_tumour_on(10, tumour=3)
