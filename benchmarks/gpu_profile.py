@@ -110,7 +110,7 @@ def unpack(path: str | Path) -> dict:
 
 
 def resize_stacks(stacks: np.ndarray, size: int) -> np.ndarray:
-    """Resize packed slices as ``load_arrays`` does: images by area, masks by nearest neighbour.
+    """Resize packed slices as ``load_arrays`` does (``helpers.data.resize_slice``).
 
     Args:
         stacks: uint8 (N, H, W, C + 1), image channels 0-255 then the mask 0/1.
@@ -119,14 +119,13 @@ def resize_stacks(stacks: np.ndarray, size: int) -> np.ndarray:
     Returns:
         uint8 (N, size, size, C + 1); the input itself when it already has that size.
     """
-    import cv2
+    from helpers.data import resize_slice
 
     if stacks.shape[1:3] == (size, size):
         return stacks
     out = np.empty((len(stacks), size, size, stacks.shape[-1]), np.uint8)
     for k, stack in enumerate(stacks):
-        out[k, ..., :-1] = cv2.resize(stack[..., :-1], (size, size), interpolation=cv2.INTER_AREA)
-        out[k, ..., -1] = cv2.resize(stack[..., -1], (size, size), interpolation=cv2.INTER_NEAREST)
+        out[k, ..., :-1], out[k, ..., -1] = resize_slice(stack[..., :-1], stack[..., -1], size)
     return out
 
 

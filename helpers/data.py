@@ -692,6 +692,24 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return (array > 0).astype(np.uint8)
 
 
+def resize_slice(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize one slice and its mask to ``size`` x ``size``, as every cache of this project does.
+
+    Args:
+        image: uint8 (H, W, C), 0-255.
+        mask: uint8 (H, W), 0/1.
+        size: output height and width.
+
+    Returns:
+        The image resized by area averaging, uint8 (size, size, C), and the
+        mask by nearest neighbour, so it stays 0/1: uint8 (size, size).
+    """
+    import cv2
+
+    return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
+            cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+
+
 def _read_any(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
     """Decode one image file: TIFF through tifffile, anything else through Pillow.
 
@@ -937,8 +955,6 @@ def load_arrays(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import cv2
-
     if in_memory is None:
         in_memory = fits_in_memory(len(manifest), size)
     paths = manifest["image_path"].tolist()
@@ -968,8 +984,7 @@ def load_arrays(
         index, image_path, mask_path = index_and_paths
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+            image, mask = resize_slice(image, mask, size)
         images[index], masks[index] = image, mask
 
     jobs = zip(range(len(manifest)), manifest["image_path"], manifest["mask_path"])
