@@ -9,6 +9,11 @@ patients, which the model never saw. Writes ``quality.json``,
 trained ``model.keras`` under ``--out``.
 
     python benchmarks/quality.py --data-dir ../shared/lgg --minutes 85
+
+``--model PATH`` scores a model already trained (the shipped one, say) the
+same way, without training: post-processing chosen on the validation
+patients of this split, then the test patients. Its training facts are then
+null in ``quality.json``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,11 @@ def main() -> None:
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: evaluate the run already in --out/run (its time is read from there)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split")
     args = parser.parse_args()
+    if args.model is not None and not args.model.is_file():
+        raise SystemExit(f"{args.model}: no such model; give a .keras file saved by notebook 04 or this script.")
 
     started = time.monotonic()
     out = Path(args.out)
@@ -79,7 +88,9 @@ def main() -> None:
     full = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=cache)
 
     run_dir = out / "run"
-    if args.evaluate_only:
+    if args.model is not None:
+        history, train_seconds = None, None
+    elif args.evaluate_only:
         history = pd.read_csv(run_dir / "history.csv")
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
@@ -104,9 +115,10 @@ def main() -> None:
             schedule=args.schedule,
         )
         train_seconds = time.monotonic() - train_started
-    plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
+    if history is not None:
+        plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
 
-    best = evaluation.load_model(run_dir / "best.keras")
+    best = evaluation.load_model(args.model or run_dir / "best.keras")
     val_full_images, val_full_masks, val_full_rows = full["val"]
     test_images, test_masks, test_rows = full["test"]
     post, table = evaluation.choose_on_validation(
@@ -127,13 +139,15 @@ def main() -> None:
             slice_table.to_csv(out / "per_slice.csv", index=False)
             patient_table.to_csv(out / "per_patient.csv", index=False)
 
-    training.export_model(run_dir / "best.keras", out / "model.keras")
+    if args.model is None:
+        training.export_model(run_dir / "best.keras", out / "model.keras")
     # Settings for single slices (no flips, no patient stack), for the app and the command line.
     single, _ = evaluation.choose_on_validation(
         best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
         flip_options=(False,), min_components=(0, 10, 30, 60, 100, 200))
     evaluation.write_model_settings(out / "model.json", single, split.loc[split.split == "val", "patient"],
-                                    input_size=args.input_size, base_filters=args.width)
+                                    input_size=int(best.input_shape[1]),
+                                    base_filters=None if args.model is not None else args.width)
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
@@ -143,14 +157,17 @@ def main() -> None:
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
-        "epochs_run": int(len(history)),
-        "best_epoch": int(history["val_patient_dice"].idxmax()) + 1,
-        "val_patient_dice_best_epoch": float(history["val_patient_dice"].max()),
+        "model": str(args.model or out / "model.keras"),
+        "epochs_run": None if history is None else int(len(history)),
+        "best_epoch": None if history is None else int(history["val_patient_dice"].idxmax()) + 1,
+        "val_patient_dice_best_epoch": None if history is None else float(history["val_patient_dice"].max()),
         "training_seconds": train_seconds,
-        "total_seconds": time.monotonic() - started + (train_seconds if args.evaluate_only else 0.0),
+        "total_seconds": time.monotonic() - started + (train_seconds if args.evaluate_only and train_seconds else 0.0),
         "postprocessing_chosen_on_val": {**post, "flip_tta": bool(use_tta), "val_dice_per_patient": float(val_best)},
         "test": results,
         "dice_per_patient_mean": results["chosen_on_val"]["dice_per_patient_mean"],
+        "dice_per_patient_ci95": [results["chosen_on_val"]["dice_per_patient_ci95_low"],
+                                  results["chosen_on_val"]["dice_per_patient_ci95_high"]],
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -238,6 +238,8 @@ def test_summarize_by_hand():
         "patients": 2, "slices": 3, "slices_with_tumour": 2, "slices_empty": 1,
         "dice_per_patient_mean": (0.5 + 1.0) / 2,
         "dice_per_patient_min": 0.5,
+        # two patients: resampled means are 0.5, 0.75 or 1.0 with chances 1/4, 1/2, 1/4
+        "dice_per_patient_ci95_low": 0.5, "dice_per_patient_ci95_high": 1.0,
         "dice_per_slice_mean_all": (2 / 3 + 0 + 1) / 3,
         "dice_per_slice_mean_tumour": (2 / 3 + 1) / 2,
         "pooled_dice": 2 * 2 / (2 * 2 + 1 + 1),  # tp 2, fp 1, fn 1
@@ -279,6 +281,23 @@ def test_hausdorff95_matches_a_brute_force_distance():
     empty = np.zeros((8, 8), bool)
     assert np.isnan(hausdorff95(empty, truth[:8, :8]))
     assert hausdorff95(truth, truth) == 0.0
+
+
+def test_mean_confidence_interval_matches_the_normal_approximation():
+    values = np.random.default_rng(3).normal(0.8, 0.1, size=400)
+    low, high = metrics.mean_confidence_interval(values)
+    half_width = 1.96 * values.std(ddof=1) / np.sqrt(values.size)  # about 0.0098
+    assert low < values.mean() < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert (low, high) == metrics.mean_confidence_interval(values)  # seeded
+    narrower = metrics.mean_confidence_interval(values, level=0.5)
+    assert low < narrower[0] < narrower[1] < high
+
+
+def test_mean_confidence_interval_edge_cases():
+    assert np.isnan(metrics.mean_confidence_interval([0.7])).all()
+    assert np.isnan(metrics.mean_confidence_interval([0.7, np.nan])).all()
+    assert metrics.mean_confidence_interval([0.7, 0.7, np.nan]) == (0.7, 0.7)
 
 
 def test_summary_reports_the_tumour_burden_correlation():

@@ -1,0 +1,83 @@
+"""Tests of the quality benchmark's scoring path (``quality.py --model``) and of ``patient_ci.py``.
+
+Training within a budget is what notebook 04's tests cover; here a saved
+untrained model is scored on a small synthetic dataset, as the shipped model
+is scored on the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers.synthetic import make_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *arguments], cwd=cwd,
+                          env=environment, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_model_path):
+    """``quality.py --model`` run once on 20 synthetic patients; returns its output folder."""
+    work = tmp_path_factory.mktemp("quality")
+    root = make_synthetic_dataset(work / "data", n_patients=20, slices_per_patient=3, size=256, seed=2)
+    result = run_script("quality.py", "--data-dir", str(root), "--out", "out", "--model", str(tiny_model_path),
+                        "--input-size", "32", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "out"
+
+
+def test_quality_scores_a_saved_model_on_test_patients_only(scored):
+    report = json.loads((scored / "quality.json").read_text())
+    split = pd.read_csv(scored / "split.csv")
+    test_patients = sorted(split.loc[split.split == "test", "patient"])
+    assert report["test_patients"] == test_patients and len(test_patients) >= 3
+    assert not set(report["test_patients"]) & set(report["val_patients"])
+    assert report["epochs_run"] is None and report["training_seconds"] is None
+    per_patient = pd.read_csv(scored / "per_patient.csv")
+    assert sorted(per_patient["patient"]) == test_patients
+    assert report["dice_per_patient_mean"] == pytest.approx(per_patient["dice"].mean())
+    low, high = report["dice_per_patient_ci95"]
+    assert low <= report["dice_per_patient_mean"] <= high
+    assert not (scored / "model.keras").exists()  # the scored model is not copied
+    assert json.loads((scored / "model.json").read_text())["input_size"] == 32
+
+
+def test_quality_refuses_a_missing_model(tmp_path):
+    result = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", cwd=tmp_path)
+    assert result.returncode != 0 and "nowhere.keras: no such model" in result.stderr
+
+
+def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
+    table = pd.read_csv(scored / "per_patient.csv")
+    better = table.assign(dice=table["dice"] + 0.1)
+    better.to_csv(tmp_path / "better.csv", index=False)
+    better.iloc[1:].to_csv(tmp_path / "fewer.csv", index=False)
+    result = run_script("patient_ci.py", str(scored), str(tmp_path / "better.csv"), str(tmp_path / "fewer.csv"),
+                        "--out", "ci", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "ci" / "patient_ci.json").read_text())["results"]
+    assert rows[0]["dice_per_patient_mean"] == pytest.approx(table["dice"].mean())
+    assert "difference_from_first" not in rows[0]
+    for row, patients in zip(rows[1:], (len(table), len(table) - 1)):
+        assert row["paired_patients"] == patients
+        # every patient gains exactly 0.1: the paired interval is the single point 0.1
+        assert row["difference_from_first"] == pytest.approx(0.1)
+        assert row["difference_ci_low"] == pytest.approx(0.1) and row["difference_ci_high"] == pytest.approx(0.1)
+    assert rows[0]["ci_low"] <= rows[0]["dice_per_patient_mean"] <= rows[0]["ci_high"]
+
+
+def test_patient_ci_names_a_missing_table(tmp_path):
+    result = run_script("patient_ci.py", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert result.returncode != 0 and "nothing/per_patient.csv: no per-patient table" in result.stderr
