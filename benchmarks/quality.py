@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--dice-weight", type=float, default=1.0, help="weight of the Dice loss (default: %(default)s)")
     parser.add_argument("--bce-weight", type=float, default=1.0,
                         help="weight of the cross-entropy loss (default: %(default)s)")
+    parser.add_argument("--miss-weight", type=float, default=0.5,
+                        help="weight of missed tumour pixels in the overlap term: 0.5 is Dice, above it a Tversky "
+                             "loss that favours recall (default: %(default)s)")
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
@@ -97,7 +100,7 @@ def main() -> None:
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize, channels=args.channels)
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
-                               bce_weight=args.bce_weight, ema_momentum=args.ema)
+                               bce_weight=args.bce_weight, ema_momentum=args.ema, miss_weight=args.miss_weight)
         train_images, train_masks, _ = small["train"]
         val_images, val_masks, val_rows = small["val"]
         # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).

@@ -1,4 +1,4 @@
-"""Dice and binary cross-entropy losses and the Dice metric, for Keras.
+"""Dice (or Tversky) and binary cross-entropy losses and the Dice metric, for Keras.
 
 All are registered as serializable, so a saved model loads with
 ``keras.models.load_model`` after ``import helpers`` (``safe_mode=True``).
@@ -41,6 +41,36 @@ def soft_dice(y_true, y_pred, smooth: float = 1.0):
     intersection = ops.sum(y_true * y_pred, axis=axes)
     total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
     return (2.0 * intersection + smooth) / (total + smooth)
+
+
+@keras.saving.register_keras_serializable(package="helpers")
+def soft_tversky(y_true, y_pred, miss_weight: float = 0.5, smooth: float = 1.0):
+    """Smoothed soft Tversky index of each image in a batch; Dice at ``miss_weight`` 0.5.
+
+    ``(2 TP + smooth) / (2 TP + 2 (1 - miss_weight) FP + 2 miss_weight FN + smooth)``,
+    with TP, FP and FN summed over soft predictions (Salehi, Erdogmus and
+    Gholipour, 2017, weigh FP by alpha and FN by beta; here alpha =
+    1 - miss_weight, beta = miss_weight, and the factor 2 makes 0.5 give
+    ``soft_dice`` exactly). A ``miss_weight`` above 0.5 costs a missed tumour
+    pixel more than a false alarm, which pushes recall up.
+
+    Args:
+        y_true: float (B, H, W, C), values 0 and 1.
+        y_pred: float (B, H, W, C), probabilities 0-1.
+        miss_weight: weight of false negatives, in [0, 1].
+        smooth: added to numerator and denominator.
+
+    Returns:
+        float32 (B,): Tversky index per image, 0-1.
+    """
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    axes = tuple(range(1, len(y_pred.shape)))
+    true_positive = ops.sum(y_true * y_pred, axis=axes)
+    false_positive = ops.sum((1.0 - y_true) * y_pred, axis=axes)
+    false_negative = ops.sum(y_true * (1.0 - y_pred), axis=axes)
+    denominator = 2.0 * (true_positive + (1.0 - miss_weight) * false_positive + miss_weight * false_negative)
+    return (2.0 * true_positive + smooth) / (denominator + smooth)
 
 
 # Probabilities below this are treated as this when recovering logits: a
@@ -98,6 +128,9 @@ def pixel_cross_entropy(y_true, y_pred):
 class DiceBCELoss(keras.losses.Loss):
     """``dice_weight * (1 - soft Dice) + bce_weight * cross-entropy``.
 
+    With ``miss_weight`` other than 0.5, the Dice term becomes the Tversky
+    index of ``soft_tversky`` (one-channel outputs only).
+
     Dice is per image (smoothed, see ``soft_dice``); cross-entropy is the mean
     over pixels. Both are averaged over the batch. With one output channel
     (a sigmoid mask) the cross-entropy is binary. With several channels (a
@@ -109,21 +142,33 @@ class DiceBCELoss(keras.losses.Loss):
         dice_weight: weight of the Dice term.
         bce_weight: weight of the cross-entropy term.
         smooth: Dice smoothing.
+        miss_weight: weight of false negatives in the Tversky index, in
+            [0, 1]; 0.5 (the default) is Dice.
+
+    Raises:
+        ValueError: ``miss_weight`` outside [0, 1].
     """
 
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                 smooth: float = 1.0, name: str = "dice_bce", **kwargs):
+                 smooth: float = 1.0, name: str = "dice_bce", miss_weight: float = 0.5, **kwargs):
         super().__init__(name=name, **kwargs)
+        if not 0.0 <= miss_weight <= 1.0:
+            raise ValueError(f"miss_weight must lie in [0, 1] (0.5 is Dice); got {miss_weight}.")
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
         self.smooth = smooth
+        self.miss_weight = miss_weight
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
         pixel_axes = tuple(range(1, len(y_pred.shape) - 1))
-        if y_pred.shape[-1] == 1:
+        if y_pred.shape[-1] == 1 and self.miss_weight != 0.5:
+            dice = 1.0 - soft_tversky(y_true, y_pred, self.miss_weight, self.smooth)
+        elif y_pred.shape[-1] == 1:
             dice = 1.0 - soft_dice(y_true, y_pred, self.smooth)
+        elif self.miss_weight != 0.5:
+            raise ValueError("miss_weight applies to one-channel (sigmoid) outputs; keep 0.5 for several classes.")
         else:
             per_class = [soft_dice(y_true[..., k:k + 1], y_pred[..., k:k + 1], self.smooth)
                          for k in range(1, y_pred.shape[-1])]
@@ -133,7 +178,7 @@ class DiceBCELoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "dice_weight": self.dice_weight,
-                "bce_weight": self.bce_weight, "smooth": self.smooth}
+                "bce_weight": self.bce_weight, "smooth": self.smooth, "miss_weight": self.miss_weight}
 
 
 @keras.saving.register_keras_serializable(package="helpers")

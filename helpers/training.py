@@ -106,7 +106,7 @@ def choose_strategy() -> tf.distribute.Strategy:
 
 def compile_model(model: keras.Model, learning_rate: float = 1e-3,
                   dice_weight: float = 1.0, bce_weight: float = 1.0,
-                  ema_momentum: float | None = None) -> keras.Model:
+                  ema_momentum: float | None = None, miss_weight: float = 0.5) -> keras.Model:
     """Compile with Adam, Dice + cross-entropy, and the Dice metric.
 
     A one-channel model gets one ``dice`` metric; a softmax model with C
@@ -121,6 +121,9 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3,
             Adam keeps an exponential moving average of the weights (Polyak
             averaging); ``train`` then validates, checkpoints and ends with the
             averaged weights.
+        miss_weight: weight of false negatives in the overlap term; 0.5 is
+            Dice, above 0.5 a Tversky loss that favours recall
+            (``helpers.losses.soft_tversky``).
 
     Returns:
         The same model, compiled.
@@ -131,7 +134,7 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3,
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum is not None,
                                         ema_momentum=0.99 if ema_momentum is None else ema_momentum),
-        loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight),
+        loss=DiceBCELoss(dice_weight=dice_weight, bce_weight=bce_weight, miss_weight=miss_weight),
         metrics=metrics,
     )
     return model

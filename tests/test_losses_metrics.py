@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
 from helpers import metrics
-from helpers.losses import DiceBCELoss, DiceScore, logits_from_probabilities, soft_dice
+from helpers.losses import DiceBCELoss, DiceScore, logits_from_probabilities, soft_dice, soft_tversky
 
 
 def as_batch(*rows_2x2) -> np.ndarray:
@@ -50,6 +50,25 @@ def test_soft_dice_is_per_image():
     np.testing.assert_allclose(values, [1.0, 0.2], rtol=1e-6)
 
 
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_soft_tversky_at_one_half_is_soft_dice(smooth):
+    rng = np.random.default_rng(0)
+    truth = (rng.random((4, 8, 8, 1)) > 0.7).astype(np.float32)
+    prediction = rng.random((4, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(soft_tversky(truth, prediction, 0.5, smooth)),
+                               np.asarray(soft_dice(truth, prediction, smooth)), rtol=1e-6)
+
+
+def test_soft_tversky_by_hand_weighs_misses_and_false_alarms():
+    truth = as_batch(FULL)
+    prediction = as_batch([[1, 1], [0, 0]])  # TP 2, FP 0, FN 2
+    # (2 * 2 + 1) / (2 * (2 + 0.3 * 0 + 0.7 * 2) + 1) = 5 / 7.8
+    assert float(soft_tversky(truth, prediction, 0.7)[0]) == pytest.approx(5 / 7.8, rel=1e-6)
+    missed = float(soft_tversky(as_batch(FULL), as_batch([[1, 1], [1, 0]]), 0.7)[0])  # one miss
+    false_alarm = float(soft_tversky(as_batch([[1, 1], [1, 0]]), as_batch(FULL), 0.7)[0])  # one false alarm
+    assert missed < false_alarm  # above 0.5, a miss costs more
+
+
 # --- DiceBCELoss ----------------------------------------------------------------------------
 
 
@@ -76,9 +95,24 @@ def test_dice_bce_loss_averages_over_batch():
 
 
 def test_dice_bce_loss_config_round_trip():
-    loss = DiceBCELoss(dice_weight=0.3, bce_weight=0.7, smooth=2.0)
+    loss = DiceBCELoss(dice_weight=0.3, bce_weight=0.7, smooth=2.0, miss_weight=0.7)
     again = DiceBCELoss.from_config(loss.get_config())
-    assert (again.dice_weight, again.bce_weight, again.smooth) == (0.3, 0.7, 2.0)
+    assert (again.dice_weight, again.bce_weight, again.smooth, again.miss_weight) == (0.3, 0.7, 2.0, 0.7)
+    old_config = {k: v for k, v in loss.get_config().items() if k != "miss_weight"}  # saved before it existed
+    assert DiceBCELoss.from_config(old_config).miss_weight == 0.5
+
+
+def test_dice_bce_loss_with_miss_weight_uses_tversky():
+    truth = as_batch(FULL)
+    prediction = as_batch([[0.9, 0.9], [0.2, 0.2]])
+    cross_entropy = -(2 * math.log(0.9) + 2 * math.log(0.2)) / 4
+    expected = 1 - float(soft_tversky(truth, prediction, 0.7)[0]) + cross_entropy
+    assert float(DiceBCELoss(miss_weight=0.7)(truth, prediction)) == pytest.approx(expected, rel=1e-5)
+    assert float(DiceBCELoss(miss_weight=0.7)(truth, prediction)) > float(DiceBCELoss()(truth, prediction))
+    with pytest.raises(ValueError, match="miss_weight must lie in"):
+        DiceBCELoss(miss_weight=1.5)
+    with pytest.raises(ValueError, match="one-channel"):
+        DiceBCELoss(miss_weight=0.7)(np.zeros((1, 2, 2, 3), np.float32), np.full((1, 2, 2, 3), 1 / 3, np.float32))
 
 
 def test_logits_from_probabilities_invert_sigmoid_and_softmax():
