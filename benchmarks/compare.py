@@ -19,6 +19,8 @@ Variants:
 * ``width32``: the ResUNet at base width 32.
 * ``rotate_zoom_half``: the ResUNet with only half of the training slices
   rotated and zoomed (all are still flipped at random).
+* ``tversky07``: the ResUNet with a Tversky overlap term that weighs a
+  missed tumour pixel 0.7 and a false alarm 0.3 (``miss_weight=0.7``).
 
 Writes ``compare.json`` and one folder of training logs per variant under
 ``--out``. A variant whose folder holds a finished run is not trained again;
@@ -49,6 +51,7 @@ VARIANTS = {
     "no_flair_only": {"flair_only": 0.0},
     "width32": {"width": 32},
     "rotate_zoom_half": {"rotate_zoom": 0.5},
+    "tversky07": {"miss_weight": 0.7},
 }
 
 
@@ -65,7 +68,7 @@ def train_variant(name: str, arrays: dict, args, out: Path) -> dict:
         model = build_resunet((args.input_size, args.input_size, 3), options.get("width", args.width),
                               residual=options.get("residual", True),
                               standardize=options.get("standardize", True))
-        training.compile_model(model)
+        training.compile_model(model, miss_weight=options.get("miss_weight", 0.5))
         train_images, train_masks, _ = arrays["train"]
         val_images, val_masks, val_rows = arrays["val"]
         # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).
