@@ -11,10 +11,10 @@ one or more runs and writes, under ``--out``, ``patient_ci.json`` with:
   patients both scored, and its interval: an interval that holds 0 means
   these patients cannot tell the two runs apart.
 
-The interval is over patients, not over training runs: two runs of one
-configuration with different seeds differ by more than it shows.
+The interval is over patients, not over training runs: the spread between
+two runs of one configuration with different seeds is not in it.
 
-    python benchmarks/patient_ci.py artifacts/quality5 artifacts/quality45c1 --out artifacts/patient_ci
+    python benchmarks/patient_ci.py artifacts/ship5 artifacts/quality45c1 --out artifacts/patient_ci
 """
 
 from __future__ import annotations

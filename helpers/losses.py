@@ -163,10 +163,10 @@ class DiceBCELoss(keras.losses.Loss):
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
         pixel_axes = tuple(range(1, len(y_pred.shape) - 1))
-        if y_pred.shape[-1] == 1 and self.miss_weight != 0.5:
-            dice = 1.0 - soft_tversky(y_true, y_pred, self.miss_weight, self.smooth)
-        elif y_pred.shape[-1] == 1:
-            dice = 1.0 - soft_dice(y_true, y_pred, self.smooth)
+        if y_pred.shape[-1] == 1:
+            overlap = (soft_dice(y_true, y_pred, self.smooth) if self.miss_weight == 0.5
+                       else soft_tversky(y_true, y_pred, self.miss_weight, self.smooth))
+            dice = 1.0 - overlap
         elif self.miss_weight != 0.5:
             raise ValueError("miss_weight applies to one-channel (sigmoid) outputs; keep 0.5 for several classes.")
         else:
