@@ -29,7 +29,7 @@ import pandas as pd
 
 import helpers
 from helpers import data, evaluation, plots, preprocessing, training
-from helpers.model import build_resunet
+from helpers.model import average_models, build_resunet
 
 
 def main() -> None:
@@ -65,20 +65,26 @@ def main() -> None:
                         help="momentum of an exponential moving average of the weights (Polyak averaging), "
                              "e.g. 0.995; validated and saved in place of the raw weights (default: none)")
     parser.add_argument("--seed", type=int, default=42, help="seed of split, shuffling, init (default: %(default)s)")
+    parser.add_argument("--init-seed", type=int, default=None,
+                        help="seed of shuffling, augmentation and initial weights only, keeping --seed's split: "
+                             "a second run of one configuration on the same patients (default: --seed)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: evaluate the run already in --out/run (its time is read from there)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split")
+    parser.add_argument("--model", type=Path, nargs="+", default=None,
+                        help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split; "
+                             "several: score the mean of their probabilities, saved as one model in --out")
     args = parser.parse_args()
-    if args.model is not None and not args.model.is_file():
-        raise SystemExit(f"{args.model}: no such model; give a .keras file saved by notebook 04 or this script.")
+    for path in args.model or []:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such model; give a .keras file saved by notebook 04 or this script.")
 
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    keras.utils.set_random_seed(init_seed)
     case_root = data.resolve_data_dir(args.data_dir)
     manifest = data.build_manifest(case_root)
     report = data.validate_manifest(manifest)
@@ -106,7 +112,7 @@ def main() -> None:
         # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).
         image_dtype = "float32" if args.no_standardize else "uint8"
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
-                                              seed=args.seed, oversample_tumour=args.oversample,
+                                              seed=init_seed, oversample_tumour=args.oversample,
                                               flair_only_probability=args.flair_only,
                                               gamma_probability=args.gamma, image_dtype=image_dtype)
         val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size, image_dtype=image_dtype)
@@ -121,7 +127,13 @@ def main() -> None:
     if history is not None:
         plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
 
-    best = evaluation.load_model(args.model or run_dir / "best.keras")
+    if args.model is not None and len(args.model) > 1:
+        members = [evaluation.load_model(path) for path in args.model]
+        average_models(members).save(out / "model.keras")
+        model_path = out / "model.keras"
+    else:
+        model_path = args.model[0] if args.model else run_dir / "best.keras"
+    best = evaluation.load_model(model_path)
     val_full_images, val_full_masks, val_full_rows = full["val"]
     test_images, test_masks, test_rows = full["test"]
     post, table = evaluation.choose_on_validation(
@@ -160,7 +172,8 @@ def main() -> None:
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
-        "model": str(args.model or out / "model.keras"),
+        "model": str(args.model[0] if args.model and len(args.model) == 1 else out / "model.keras"),
+        "members": None if args.model is None or len(args.model) == 1 else [str(path) for path in args.model],
         "epochs_run": None if history is None else int(len(history)),
         "best_epoch": None if history is None else int(history["val_patient_dice"].idxmax()) + 1,
         "val_patient_dice_best_epoch": None if history is None else float(history["val_patient_dice"].max()),

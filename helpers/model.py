@@ -341,6 +341,43 @@ def build_pretrained_resunet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.Model:
+    """One model whose output is the mean of several models' outputs.
+
+    Averaging the probabilities of networks trained from different random
+    starts (an ensemble) smooths out each one's mistakes. The result is a
+    single functional model, so it saves to one ``.keras`` file and is used
+    like any other; predicting costs the sum of its members.
+
+    Args:
+        models: two or more models with the same input and output shapes,
+            e.g. ResUNets trained with different ``--init-seed``.
+        name: the ensemble's name.
+
+    Returns:
+        An uncompiled model mapping (B, H, W, C) to the mean of the members'
+        (B, H, W, num_classes) outputs, float32. The members are copies,
+        named ``member0``, ``member1``, ..., without optimizer state.
+
+    Raises:
+        ValueError: with fewer than two models, or shapes that differ.
+    """
+    if len(models) < 2:
+        raise ValueError(f"An ensemble needs at least two models, got {len(models)}.")
+    shapes = {(tuple(m.input_shape), tuple(m.output_shape)) for m in models}
+    if len(shapes) > 1:
+        raise ValueError(f"Models to average must share input and output shapes, got {sorted(shapes)}.")
+    inputs = keras.Input(shape=models[0].input_shape[1:], name="image")
+    outputs = []
+    for index, model in enumerate(models):
+        # Rebuilt from its config under a new name: layer names must be unique.
+        member = keras.Model.from_config({**model.get_config(), "name": f"member{index}"})
+        member.set_weights(model.get_weights())
+        outputs.append(member(inputs))
+    averaged = layers.Average(dtype="float32", name="mean_probability")(outputs)
+    return keras.Model(inputs, averaged, name=name)
+
+
 def unit_table(model: keras.Model):
     """One row per unit of a ResUNet: output shape, layers and parameters.
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import helpers  # noqa: F401  (registers the custom loss and metric for loading)
-from helpers.model import SelectChannels, build_resunet, count_residual_additions
+from helpers.model import SelectChannels, average_models, build_resunet, count_residual_additions
 from helpers.training import compile_model
 
 
@@ -89,6 +89,34 @@ def test_save_and_load_gives_identical_predictions(tmp_path):
     assert '"Lambda"' not in config
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
     assert json.loads(config)["class_name"] == "Functional"
+
+
+def test_average_of_models_is_the_mean_of_their_outputs_and_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    members = []
+    for _ in range(2):
+        model = build_resunet((16, 16, 3), base_filters=4, depth=2)
+        model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+        members.append(model)
+    images = rng.uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
+    outputs = [np.asarray(model(images, training=False)) for model in members]
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the members differ, so the mean is not either one
+    ensemble = average_models(members)
+    expected = (outputs[0] + outputs[1]) / 2
+    np.testing.assert_allclose(np.asarray(ensemble(images, training=False)), expected, atol=1e-6)
+    path = tmp_path / "ensemble.keras"
+    ensemble.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True by default
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected, atol=1e-6)
+    assert [layer.name for layer in loaded.layers] == ["image", "member0", "member1", "mean_probability"]
+
+
+def test_average_of_models_refuses_one_model_or_different_shapes():
+    small = build_resunet((16, 16, 3), base_filters=4, depth=2)
+    with pytest.raises(ValueError, match="at least two"):
+        average_models([small])
+    with pytest.raises(ValueError, match="share input and output shapes"):
+        average_models([small, build_resunet((32, 32, 3), base_filters=4, depth=2)])
 
 
 def test_pretrained_encoder_variant_builds_without_weights_and_round_trips(tmp_path):

@@ -54,6 +54,24 @@ def test_quality_scores_a_saved_model_on_test_patients_only(scored):
     assert json.loads((scored / "model.json").read_text())["input_size"] == 32
 
 
+def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
+    # A model averaged with itself is that model: the scores must not move. The other
+    # initialisation seed must not move the split either.
+    work = scored.parent
+    model = json.loads((scored / "quality.json").read_text())["model"]
+    result = run_script("quality.py", "--data-dir", "data", "--out", "twice",
+                        "--model", model, model, "--input-size", "32", "--init-seed", "7", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    twice = work / "twice"
+    pd.testing.assert_frame_equal(pd.read_csv(twice / "split.csv"), pd.read_csv(scored / "split.csv"))
+    report = json.loads((twice / "quality.json").read_text())
+    assert report["members"] == [model, model]
+    assert report["model"] == "twice/model.keras" and (twice / "model.keras").is_file()
+    once = json.loads((scored / "quality.json").read_text())
+    assert report["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
+    assert "members" not in once or once["members"] is None
+
+
 def test_quality_refuses_a_missing_model(tmp_path):
     result = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", cwd=tmp_path)
     assert result.returncode != 0 and "nowhere.keras: no such model" in result.stderr
