@@ -162,7 +162,9 @@ def main() -> None:
         flip_options=(False,), min_components=(0, 10, 30, 60, 100, 200))
     evaluation.write_model_settings(out / "model.json", single, split.loc[split.split == "val", "patient"],
                                     input_size=int(best.input_shape[1]),
-                                    base_filters=None if args.model is not None else args.width)
+                                    base_filters=None if args.model is not None else args.width,
+                                    **({"members": [str(path) for path in args.model]}
+                                       if args.model is not None and len(args.model) > 1 else {}))
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))

@@ -70,6 +70,7 @@ def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
     once = json.loads((scored / "quality.json").read_text())
     assert report["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
     assert "members" not in once or once["members"] is None
+    assert json.loads((twice / "model.json").read_text())["members"] == [model, model]
 
 
 def test_quality_refuses_a_missing_model(tmp_path):
