@@ -127,9 +127,10 @@ def main() -> None:
     if history is not None:
         plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
 
-    if args.model is not None and len(args.model) > 1:
-        members = [evaluation.load_model(path) for path in args.model]
-        average_models(members).save(out / "model.keras")
+    # Several models are scored as one: the mean of their probabilities, saved in --out.
+    members = [str(path) for path in args.model] if args.model is not None and len(args.model) > 1 else None
+    if members:
+        average_models([evaluation.load_model(path) for path in members]).save(out / "model.keras")
         model_path = out / "model.keras"
     else:
         model_path = args.model[0] if args.model else run_dir / "best.keras"
@@ -163,8 +164,7 @@ def main() -> None:
     evaluation.write_model_settings(out / "model.json", single, split.loc[split.split == "val", "patient"],
                                     input_size=int(best.input_shape[1]),
                                     base_filters=None if args.model is not None else args.width,
-                                    **({"members": [str(path) for path in args.model]}
-                                       if args.model is not None and len(args.model) > 1 else {}))
+                                    **({"members": members} if members else {}))
     report = {
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
@@ -174,8 +174,8 @@ def main() -> None:
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
-        "model": str(args.model[0] if args.model and len(args.model) == 1 else out / "model.keras"),
-        "members": None if args.model is None or len(args.model) == 1 else [str(path) for path in args.model],
+        "model": str(model_path if args.model is not None else out / "model.keras"),
+        "members": members,
         "epochs_run": None if history is None else int(len(history)),
         "best_epoch": None if history is None else int(history["val_patient_dice"].idxmax()) + 1,
         "val_patient_dice_best_epoch": None if history is None else float(history["val_patient_dice"].max()),
