@@ -345,13 +345,16 @@ def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.M
     """One model whose output is the mean of several models' outputs.
 
     Averaging the probabilities of networks trained from different random
-    starts (an ensemble) smooths out each one's mistakes. The result is a
+    starts, or reading the slices differently (all three sequences, FLAIR
+    alone), smooths out each one's mistakes: an ensemble. The shipped model
+    is the mean of two such ResUNets. The result is a
     single functional model, so it saves to one ``.keras`` file and is used
     like any other; predicting costs the sum of its members.
 
     Args:
         models: two or more models with the same input and output shapes,
-            e.g. ResUNets trained with different ``--init-seed``.
+            e.g. ResUNets trained with different ``--init-seed`` or
+            ``--channels``.
         name: the ensemble's name.
 
     Returns:
