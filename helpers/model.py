@@ -347,9 +347,9 @@ def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.M
     Averaging the probabilities of networks trained from different random
     starts, or reading the slices differently (all three sequences, FLAIR
     alone), smooths out each one's mistakes: an ensemble. The shipped model
-    is the mean of two such ResUNets. The result is a
-    single functional model, so it saves to one ``.keras`` file and is used
-    like any other; predicting costs the sum of its members.
+    is the mean of two such ResUNets. The result is a single functional
+    model, so it saves to one ``.keras`` file and is used like any other;
+    predicting costs the sum of its members.
 
     Args:
         models: two or more models with the same input and output shapes,
