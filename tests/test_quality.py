@@ -1,4 +1,4 @@
-"""Tests of the quality benchmark's scoring path (``quality.py --model``) and of ``patient_ci.py``.
+"""Tests of the quality benchmark's scoring path (``quality.py --model``), ``patient_ci.py`` and ``resolution.py``.
 
 Training within a budget is what notebook 04's tests cover; here a saved
 untrained model is scored on a small synthetic dataset, as the shipped model
@@ -100,3 +100,18 @@ def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
 def test_patient_ci_names_a_missing_table(tmp_path):
     result = run_script("patient_ci.py", str(tmp_path / "nothing"), cwd=tmp_path)
     assert result.returncode != 0 and "nothing/per_patient.csv: no per-patient table" in result.stderr
+
+
+def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_patients=20, slices_per_patient=3, size=256, seed=2)
+    result = run_script("resolution.py", "--data-dir", str(root), "--out", "out", "--sizes", "16", "256",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "resolution.json").read_text())
+    rows = pd.DataFrame(report["results"]).set_index(["size", "split"])
+    assert set(rows.index.get_level_values("split")) == {"train", "val", "test", "all"}
+    assert rows.loc[(256, "all"), "patients"] == 20 and report["slices"] == 60
+    # at the slices' own size nothing is lost; on a 16-pixel grid the synthetic tumours' edges are
+    assert rows.loc[(256, "all"), "mean_patient_dice"] == 1.0
+    assert 0.0 < rows.loc[(16, "all"), "mean_patient_dice"] < 0.99
+    assert (rows.loc[16, "lowest_patient_dice"] <= rows.loc[16, "mean_patient_dice"]).all()

@@ -1,0 +1,101 @@
+"""What does training at a smaller input cost? The best Dice a model could reach at each size.
+
+The CPU profile trains and predicts at 128x128 and its masks are scored at
+the slices' own 256x256. Even a perfect network loses what the smaller grid
+cannot draw. This script measures that loss on the ground truth alone, with
+no model: each mask is resized to the input size as every training cache
+resizes it (nearest neighbour, ``helpers.data.resize_slice``), taken as a
+perfect prediction of 0/1 probabilities, resized back to the slice's size
+as ``helpers.evaluation.predict_probabilities`` resizes probabilities
+(bilinear), thresholded at 0.5, and scored against the original mask.
+
+Writes ``resolution.json`` under ``--out``: for each size and each side of
+the quality benchmark's split (seed 42), the mean per-patient Dice of that
+perfect prediction and its lowest patient. No model is trained or chosen
+here; the figures bound what any model at that size can score.
+
+    python benchmarks/resolution.py --data-dir ../shared/lgg --out artifacts/resolution
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from helpers import data, evaluation, metrics, preprocessing
+
+
+def round_trip(masks: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
+    """Masks drawn on a ``size`` grid and brought back to their own size.
+
+    Args:
+        masks: uint8 (N, H, W), values 0/1.
+        size: the model's input height and width.
+        batch_size: slices resized at once.
+
+    Returns:
+        uint8 (N, H, W), values 0/1: what a perfect model at ``size`` would give.
+    """
+    height, width = masks.shape[1:]
+    out = np.empty_like(masks)
+    for start in range(0, len(masks), batch_size):
+        batch = masks[start:start + batch_size]
+        small = np.stack([data.resize_slice(np.zeros((height, width, 1), np.uint8), m, size)[1] for m in batch])
+        back = tf.image.resize(small[..., None].astype(np.float32), (height, width), method="bilinear")
+        out[start:start + batch_size] = evaluation.binarize(np.asarray(back)[..., 0], threshold=0.5)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--out", default="artifacts/resolution", help="output folder (default: %(default)s)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 160, 192],
+                        help="input sizes to measure (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
+    args = parser.parse_args()
+
+    manifest = data.build_manifest(data.resolve_data_dir(args.data_dir), show_progress=False)
+    split = preprocessing.split_patients(manifest, seed=args.seed).set_index("patient")["split"]
+    masks = np.stack([data.read_mask(path) for path in tqdm(manifest["mask_path"], desc="Reading masks")])
+    patients = manifest["patient"].to_numpy()
+    sides = {side: np.isin(patients, split.index[split == side]) for side in ("train", "val", "test")}
+    sides["all"] = np.ones(len(patients), dtype=bool)
+
+    rows = []
+    for size in tqdm(args.sizes, desc="Sizes"):
+        perfect = round_trip(masks, size)
+        for side, keep in sides.items():
+            per_patient = pd.Series({
+                patient: metrics.dice_score(masks[patients == patient], perfect[patients == patient])
+                for patient in np.unique(patients[keep])
+            })
+            rows.append({"size": size, "split": side, "patients": len(per_patient),
+                         "mean_patient_dice": round(float(per_patient.mean()), 4),
+                         "lowest_patient_dice": round(float(per_patient.min()), 4),
+                         "lowest_patient": per_patient.idxmin()})
+    report = {
+        "command": f"python benchmarks/resolution.py --data-dir {args.data_dir} --out {args.out} "
+                   f"--sizes {' '.join(map(str, args.sizes))} --seed {args.seed}",
+        "machine": f"{platform.machine()}, no GPU",
+        "what": "Dice of the ground truth against itself after a round trip through the input size "
+                "(nearest neighbour down, bilinear up, threshold 0.5): the most a model at that size can score",
+        "slices": int(len(masks)),
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "resolution.json").write_text(json.dumps(report, indent=2))
+    table = pd.DataFrame(rows).pivot(index="size", columns="split", values="mean_patient_dice")
+    print(table[["train", "val", "test", "all"]].to_string())
+
+
+if __name__ == "__main__":
+    main()
