@@ -14,10 +14,32 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from skimage import morphology
+from skimage import measure
 from tqdm.auto import tqdm
 
 from helpers import metrics
+
+
+def remove_small_components(mask: np.ndarray, min_pixels: int, connectivity: int) -> np.ndarray:
+    """Drop connected components with fewer than ``min_pixels`` pixels.
+
+    Labels the components with ``skimage.measure.label`` and counts them,
+    rather than calling ``skimage.morphology.remove_small_objects``, whose
+    size keyword and its meaning changed in scikit-image 0.26 (Colab may
+    hold an older version).
+
+    Args:
+        mask: bool (H, W) slice or (D, H, W) volume.
+        min_pixels: smallest component kept.
+        connectivity: 2 for 8-connected slices, 3 for 26-connected volumes.
+
+    Returns:
+        bool array of the same shape.
+    """
+    labels = measure.label(mask, connectivity=connectivity)
+    keep = np.bincount(labels.ravel()) >= min_pixels
+    keep[0] = False  # the background
+    return keep[labels]
 
 
 def load_model(path: str | Path) -> keras.Model:
@@ -98,7 +120,7 @@ def binarize(probabilities: np.ndarray, threshold: float = 0.5, min_component_pi
     if min_component_pixels > 0:
         stack = masks if masks.ndim == 3 else masks[None]
         stack = np.stack([
-            morphology.remove_small_objects(m, max_size=min_component_pixels - 1, connectivity=2)
+            remove_small_components(m, min_component_pixels, connectivity=2)
             if m.any() else m for m in stack
         ])
         masks = stack if masks.ndim == 3 else stack[0]
@@ -140,7 +162,7 @@ def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pix
         rows = np.flatnonzero(patients == patient)
         volume = masks[rows]
         if volume.any():
-            result[rows] = morphology.remove_small_objects(volume, max_size=min_volume_pixels - 1, connectivity=3)
+            result[rows] = remove_small_components(volume, min_volume_pixels, connectivity=3)
     return result.astype(np.uint8)
 
 

@@ -17,6 +17,8 @@ slices hold no tumour):
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
@@ -176,8 +178,11 @@ def mean_confidence_interval(values, level: float = 0.95, resamples: int = 10_00
         return float("nan"), float("nan")
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])
+    # SciPy 1.15 named the generator argument rng; earlier versions (Colab may hold one) random_state.
+    generator = {"rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state":
+                 np.random.default_rng(seed)}
     result = stats.bootstrap((values,), np.mean, confidence_level=level, n_resamples=resamples,
-                             method="percentile", rng=np.random.default_rng(seed))
+                             method="percentile", **generator)
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

@@ -130,6 +130,7 @@ def predict_files(
         try:
             image = inference.load_image(path)
             result = inference.segment(model, image, threshold, min_component_pixels)
+            dice = _dice_with_truth(path, result.mask)  # before writing anything
             Image.fromarray(result.mask * np.uint8(255)).save(mask_file)
             Image.fromarray(result.overlay).save(overlay_file)
         except (inference.ImageLoadError, OSError, ValueError) as error:
@@ -143,7 +144,7 @@ def predict_files(
             "tumour_pixels": result.tumour_pixels,
             "tumour_present": result.tumour_present,
             "max_probability": round(result.max_probability, 6),
-            "dice": _dice_with_truth(path, result.mask),
+            "dice": dice,
         })
     table = pd.DataFrame(rows, columns=["file", "tumour_pixels", "tumour_present", "max_probability", "dice"])
     return table, kept, failed
@@ -163,6 +164,23 @@ def _merge_table(table: pd.DataFrame, table_path: Path) -> pd.DataFrame:
     if table["dice"].isna().all():
         table = table.drop(columns="dice")
     return table
+
+
+def _output_clash(inputs: list[str], images: list[Path], out: Path) -> str | None:
+    """Why ``out`` may not take outputs for these inputs, or None when it may.
+
+    Outputs named ``NAME_mask.png`` beside the inputs would be read as their
+    ground truth (or, with ``--overwrite``, replace it), and outputs inside a
+    searched folder would be segmented as inputs on the next run.
+    """
+    out = out.resolve()
+    for folder in (Path(text).resolve() for text in inputs if Path(text).is_dir()):
+        if out == folder or folder in out.parents:
+            return f"--out {out} is inside the input folder {folder}"
+    for image in images:
+        if image.resolve().parent == out:
+            return f"--out {out} holds the input {image}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         print(f"error: no image (.png, .jpg, .jpeg, .tif, .tiff) found in {', '.join(args.inputs)}.",
               file=sys.stderr)
+        return 2
+    clash = _output_clash(args.inputs, images, args.out)
+    if clash:
+        print(f"error: {clash}: its NAME_mask.png outputs would be taken for ground truth, or replace it. "
+              "Choose an output folder outside the inputs.", file=sys.stderr)
         return 2
     try:
         model = inference.load_default_model(args.model)

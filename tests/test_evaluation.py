@@ -81,6 +81,18 @@ def test_evaluate_scores_and_rejects_empty_set():
         evaluate(truth[:0], prediction[:0], rows.iloc[:0])
 
 
+def test_small_components_are_counted_by_connectivity():
+    from helpers.evaluation import remove_small_components
+
+    mask = binarize(two_blobs(), 0.5) > 0  # 3 diagonal pixels and 20 pixels
+    assert remove_small_components(mask, 3, connectivity=2).sum() == 23  # "fewer than 3" keeps 3
+    assert remove_small_components(mask, 4, connectivity=2).sum() == 20
+    assert remove_small_components(mask, 2, connectivity=1).sum() == 20  # 4-connected: three single pixels
+    volume = np.stack([mask, mask])  # 6 and 40 pixels, 26-connected across the two slices
+    assert remove_small_components(volume, 7, connectivity=3).sum() == 40
+    assert remove_small_components(volume, 41, connectivity=3).sum() == 0
+
+
 def test_remove_small_volumes_keeps_regions_that_span_slices():
     from helpers.evaluation import postprocess, remove_small_volumes
 

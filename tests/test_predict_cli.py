@@ -115,3 +115,18 @@ def test_recorded_settings_beside_the_model_are_the_defaults(tmp_path):
     assert inference.recommended_settings(model_path) == {"threshold": 0.5, "min_component_pixels": 0}
     model_path.with_suffix(".json").write_text(json.dumps({"single_slice": {"threshold": 0.35, "min_component_pixels": 40}}))
     assert inference.recommended_settings(model_path) == {"threshold": 0.35, "min_component_pixels": 40}
+
+
+@pytest.mark.parametrize("where", ["input folder", "inside it", "beside an input file"])
+def test_outputs_never_land_among_the_inputs(tmp_path, slices, tiny_model_path, capsys, where):
+    # case_1_mask.png beside case_1.png is ground truth: a prediction written there would replace it,
+    # or be scored against itself; outputs inside a searched folder would be inputs next time.
+    truth = np.asarray(Image.open(slices / "case_1_mask.png")).copy()
+    argv = {"input folder": [slices, "--out", slices],
+            "inside it": [slices, "--out", slices / "predictions"],
+            "beside an input file": [slices / "case_1.png", "--out", slices]}[where]
+    status, _, err = run(capsys, *argv, "--model", tiny_model_path, "--overwrite")
+    assert status == 2
+    assert "--out" in err and "ground truth" in err
+    np.testing.assert_array_equal(np.asarray(Image.open(slices / "case_1_mask.png")), truth)
+    assert not (slices / "case_1_overlay.png").exists() and not (slices / "predictions").exists()
