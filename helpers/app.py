@@ -45,7 +45,8 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
         max_upload_mb: larger uploads are refused with a message.
         threshold: the slider's starting threshold; ``None`` for the one
             recorded beside the model (``inference.recommended_settings``).
-        min_component_pixels: smaller predicted regions are dropped;
+        min_component_pixels: smaller predicted regions (pixels of a 256x256
+            slice, scaled by area, as in ``inference.segment``) are dropped;
             ``None`` for the value recorded beside the model.
 
     Returns:
@@ -161,7 +162,8 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
         model_path: a saved ``.keras`` model; ``None`` for the shipped one.
         threshold: probability threshold, 0-1; ``None`` for the value
             recorded beside the model (``inference.recommended_settings``).
-        min_component_pixels: smallest predicted region kept; ``None`` for
+        min_component_pixels: smallest predicted region kept (pixels of a
+            256x256 slice, as in ``inference.segment``); ``None`` for
             the recorded value.
 
     Returns:

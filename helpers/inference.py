@@ -36,6 +36,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "resunet_lgg
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_CACHE_SIZE = 4
+# Region sizes are counted on a slice of the dataset's size, where they were chosen.
+REFERENCE_PIXELS = 256 * 256
 
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _KNOWN_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff") + _TIFF_SIGNATURES
@@ -81,8 +83,10 @@ def load_image(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview
       multiplied by alpha / 255, so transparent pixels become background.
     * Palette images are expanded to RGB (or RGBA, then composited, when the
       palette has a transparent entry).
-    * 16-bit images are scaled to 0-255 by dividing by 257 and rounding
-      (65535 becomes 255). Pillow itself reduces 16-bit colour PNGs to 8 bits.
+    * 16-bit images are stretched linearly from 0 to their own brightest
+      value, which becomes 255 (so 12-bit MRI, at most 4095, keeps its grey
+      levels); a 16-bit alpha channel is divided by 257. Pillow itself
+      reduces 16-bit colour PNGs to 8 bits.
     * Float, signed or 32-bit images are stretched linearly from their own
       minimum and maximum to 0-255.
     * CMYK, YCbCr and other colour spaces are converted to RGB by Pillow.
@@ -252,7 +256,15 @@ def _to_rgb_uint8(array: np.ndarray, name: str) -> np.ndarray:
     elif array.dtype == np.uint8:
         scaled = array.astype(np.float32)
     elif array.dtype == np.uint16:
-        scaled = np.rint(array.astype(np.float32) / 257.0)
+        # Stretched by the image's own brightest value, not by 65535: MRI exported at 12 bits
+        # (at most 4095) would otherwise keep 16 grey levels. Zero stays zero, as background.
+        scaled = array.astype(np.float32)
+        has_alpha = scaled.ndim == 3 and scaled.shape[2] in (2, 4)
+        colour = scaled[..., :-1] if has_alpha else scaled
+        peak = float(colour.max()) if colour.size else 0.0
+        colour *= 255.0 / peak if peak > 0 else 0.0
+        if has_alpha:
+            scaled[..., -1] /= 257.0
     else:
         values = array.astype(np.float64)
         finite = np.isfinite(values)
@@ -284,7 +296,9 @@ def segment(
         image: uint8 (H, W, 3), values 0-255, as returned by ``load_image``.
         threshold: a pixel is tumour when its probability is above this, 0-1.
         min_component_pixels: predicted regions (8-connected) with fewer
-            pixels are dropped; 0 keeps all.
+            pixels than this, counted on a 256x256 slice (the dataset's
+            size, where it was chosen), are dropped; on an image of another
+            size the count is scaled by its area (x4 at 512x512). 0 keeps all.
 
     Returns:
         A ``Segmentation`` whose arrays have the image's height and width.
@@ -302,7 +316,10 @@ def segment(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be between 0 and 1.")
     probabilities = evaluation.predict_probabilities(model, image[None])[0]
-    mask = evaluation.binarize(probabilities, threshold, min_component_pixels)
+    scaled_pixels = round(min_component_pixels * image.shape[0] * image.shape[1] / REFERENCE_PIXELS)
+    if min_component_pixels > 0:
+        scaled_pixels = max(scaled_pixels, 1)
+    mask = evaluation.binarize(probabilities, threshold, scaled_pixels)
     return Segmentation(
         probabilities=probabilities.astype(np.float32),
         mask=mask,

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a pixel is tumour when its probability is above this (0-1); None: the value "
                              "chosen on validation patients and recorded beside the model (MODEL.json), else 0.5")
     parser.add_argument("--min-component-pixels", type=_non_negative, default=None,
-                        help="drop predicted regions smaller than this many pixels, 0 keeps all; None: the "
-                             "value recorded beside the model, else 0")
+                        help="drop predicted regions smaller than this many pixels of a 256x256 slice "
+                             "(scaled by area for other sizes), 0 keeps all; None: the value recorded beside "
+                             "the model, else 0")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs instead of keeping them")
     return parser

@@ -79,11 +79,20 @@ def test_palette_png_is_expanded_to_rgb(tmp_path):
     np.testing.assert_array_equal(loaded[0, 0], (0, 0, 0))
 
 
-def test_16_bit_png_is_divided_by_257(tmp_path):
-    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+@pytest.mark.parametrize("peak", [65535, 4095], ids=["full-range", "12-bit"])
+def test_16_bit_png_is_stretched_to_its_brightest_value(tmp_path, peak):
+    values = np.array([[0, peak * 100 // 255, peak // 2, peak]], dtype=np.uint16)
     path = save_pillow(Image.fromarray(values), tmp_path / "deep.png")
     assert Image.open(path).mode.startswith("I")
-    np.testing.assert_array_equal(load_image(path)[0, :, 0], [0, 100, 255])
+    # A 12-bit export keeps its grey levels instead of falling to 16 of them (4095 / 257).
+    np.testing.assert_array_equal(load_image(path)[0, :, 0], [0, 100, 127, 255])
+
+
+def test_16_bit_colour_with_alpha_keeps_its_alpha_scale():
+    from helpers.inference import _to_rgb_uint8
+
+    pixel = np.array([[[4095, 0, 2048, 65535], [4095, 4095, 4095, 0]]], dtype=np.uint16)
+    np.testing.assert_array_equal(_to_rgb_uint8(pixel, "x.tif"), [[[255, 0, 128], [0, 0, 0]]])
 
 
 def test_jpeg_loads_with_its_size(tmp_path):
@@ -103,7 +112,9 @@ def test_tiff_kinds(tmp_path, array):
     tifffile.imwrite(path, array)
     loaded = load_image(path)
     assert loaded.shape == (20, 30, 3)
-    np.testing.assert_array_equal(loaded[..., 1], gradient())
+    # 16 bits are stretched to their brightest value (here 250 x 257), 8 bits kept as they are.
+    expected = gradient() if array.dtype == np.uint8 else np.rint(gradient() * 255.0 / gradient().max())
+    np.testing.assert_array_equal(loaded[..., 1], expected)
 
 
 def test_planar_tiff_moves_channels_last():
@@ -200,6 +211,23 @@ def test_segment_thresholds_at_the_extremes(tiny_model):
     image = np.stack([gradient(40, 40)] * 3, axis=-1)
     assert segment(tiny_model, image, threshold=0.0).tumour_pixels == 40 * 40
     assert segment(tiny_model, image, threshold=1.0).tumour_pixels == 0
+
+
+@pytest.mark.parametrize("side", [256, 512, 128])
+def test_segment_counts_the_smallest_region_on_a_256_slice(tiny_model, monkeypatch, side):
+    # Regions of 16 and 400 pixels at 256x256, drawn at the image's own size. The 20-pixel minimum,
+    # chosen on 256x256 slices, means 80 pixels at 512x512 (where the small region has 64) and 5 at
+    # 128x128 (where it has 4): the same region is dropped, or kept, at every size.
+    scale = side / 256
+    small, large = round(4 * scale) ** 2, round(20 * scale) ** 2
+    probabilities = np.zeros((side, side), np.float32)
+    probabilities[:round(4 * scale), :round(4 * scale)] = 0.9
+    probabilities[100:100 + round(20 * scale), 100:100 + round(20 * scale)] = 0.9
+    monkeypatch.setattr(inference.evaluation, "predict_probabilities", lambda model, images: probabilities[None])
+    image = np.zeros((side, side, 3), np.uint8)
+    assert segment(tiny_model, image, 0.5, 0).tumour_pixels == large + small
+    assert segment(tiny_model, image, 0.5, 20).tumour_pixels == large
+    assert segment(tiny_model, image, 0.5, 16).tumour_pixels == large + small
 
 
 def test_segment_rejects_a_grayscale_array(tiny_model):

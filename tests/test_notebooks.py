@@ -189,6 +189,15 @@ def test_notebook_with_missing_inputs_names_the_notebook_to_run_first(tmp_path):
         execute("02_preprocessing.ipynb", tmp_path, {"ARTIFACTS_DIR": str(tmp_path / "empty")})
 
 
+def test_notebook_06_alone_runs_to_the_end_and_says_how_to_give_images(tmp_path):
+    # A researcher opening 06 first, with no dataset: the shipped model, no images yet, the widget still offered.
+    executed = execute("06_inference_app.ipynb", tmp_path, {"ARTIFACTS_DIR": str(tmp_path / "empty")})
+    printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
+    assert "models/resunet_lgg.keras" in printed
+    assert "No images to segment here" in printed and "IMAGE_PATHS" in printed
+    assert not (tmp_path / "empty" / "predictions").exists()
+
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not os.environ.get("LGG_DATA_DIR"), reason="LGG_DATA_DIR is not set: no real data to read")
 def test_notebooks_01_and_02_on_the_real_data(tmp_path):
