@@ -113,7 +113,8 @@ class SelectChannels(layers.Layer):
         channels: indices of the channels to keep, in order.
 
     Raises:
-        ValueError: if ``channels`` is empty or holds a negative index.
+        ValueError: if ``channels`` is empty, holds a negative index, or is
+            text (as papermill's ``-p`` passes a list).
 
     Input shape: (B, H, W, C) with C greater than every index.
     Output shape: (B, H, W, len(channels)), the input's dtype.
@@ -121,6 +122,9 @@ class SelectChannels(layers.Layer):
 
     def __init__(self, channels=(1,), **kwargs):
         super().__init__(**kwargs)
+        if isinstance(channels, str):  # papermill's -p CHANNELS [1] passes the text "[1]"
+            raise ValueError(f"channels must be a list of indices, not the text {channels!r}; "
+                             "from papermill, pass lists with -y 'CHANNELS: [1]'.")
         self.channels = tuple(int(c) for c in channels)
         if not self.channels or min(self.channels) < 0:
             raise ValueError(f"channels must be one or more indices >= 0, not {channels}.")

@@ -196,15 +196,18 @@ class TimeBudget(keras.callbacks.Callback):
 
     Args:
         seconds: the budget, counted from the start of ``fit``.
+        spent_seconds: training time already spent on this run before a
+            resume, counted against the budget.
     """
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, spent_seconds: float = 0.0):
         super().__init__()
         self.seconds = seconds
+        self.spent_seconds = spent_seconds
         self.stopped_for_time = False
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.spent_seconds
         self.longest_epoch = 0.0
         self.epoch_start = self.start
 
@@ -285,17 +288,21 @@ class CosineDecay(keras.callbacks.Callback):
         epochs: the run's number of epochs.
         time_budget_seconds: the run's budget, ``None`` for none.
         final_fraction: the last rate as a share of the first.
+        spent_seconds: training time already spent on this run before a
+            resume, so the rate goes on from where it was.
     """
 
-    def __init__(self, epochs: int, time_budget_seconds: float | None = None, final_fraction: float = 0.02):
+    def __init__(self, epochs: int, time_budget_seconds: float | None = None, final_fraction: float = 0.02,
+                 spent_seconds: float = 0.0):
         super().__init__()
         self.epochs = epochs
         self.time_budget_seconds = time_budget_seconds
         self.final_fraction = final_fraction
+        self.spent_seconds = spent_seconds
         self.epoch = 0
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.spent_seconds
         self.initial = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -313,6 +320,30 @@ class CosineDecay(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class _TrainingClock(keras.callbacks.Callback):
+    """Record, after each good epoch, the training time the run has spent, resumes included.
+
+    Written beside the backup, so that a resumed run counts its time budget
+    and its cosine schedule from where the backup left them.
+
+    Args:
+        path: the JSON file to write (``{"seconds": float, "epochs": int}``).
+        spent_seconds: the time recorded there before this ``fit``.
+    """
+
+    def __init__(self, path: Path, spent_seconds: float = 0.0):
+        super().__init__()
+        self.path = path
+        self.spent_seconds = spent_seconds
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic() - self.spent_seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _loss_is_finite(logs):  # as the backup: a NaN epoch is not kept
+            self.path.write_text(json.dumps({"seconds": time.monotonic() - self.start, "epochs": epoch + 1}))
 
 
 def train(
@@ -334,8 +365,11 @@ def train(
     per-patient Dice, or validation Dice without patient arrays),
     ``backup/`` (``BackupAndRestore``: a killed run started again resumes at
     its last finished epoch; kept when the loss turns NaN),
-    ``history.csv`` (appended on resume) and ``logs/`` (TensorBoard, when
-    TensorFlow is installed).
+    ``history.csv`` (appended on resume), ``logs/`` (TensorBoard, when
+    TensorFlow is installed), ``clock.json`` (training time spent so far,
+    after each epoch: a resumed run counts its time budget and its cosine
+    schedule on from there, rather than afresh) and ``training_time.json``
+    (the run's training time, resumes included).
 
     With an optimizer compiled with ``ema_momentum``, validation, the
     checkpoints and the model at the end use the averaged weights; training
@@ -350,7 +384,8 @@ def train(
         val_dataset: batches of (image, mask) for validation, likewise.
         output_dir: folder for checkpoints and logs.
         epochs: the most epochs to run (counting those before a resume).
-        time_budget_minutes: stop before an epoch would end past this.
+        time_budget_minutes: stop before an epoch would end past this,
+            counting the time spent before a resume.
         patience: epochs without improvement before early stopping.
         val_patient_arrays: (images, masks, patients) of the validation
             slices, to compute per-patient Dice each epoch.
@@ -383,7 +418,10 @@ def train(
         previous = pd.read_csv(history_path)
         if monitor in previous:
             checkpoint.best = float(previous[monitor].max())
-    callbacks = []
+    clock_path = output_dir / "clock.json"
+    resuming = (output_dir / "backup" / "latest.weights.h5").exists() and clock_path.exists()
+    spent = float(json.loads(clock_path.read_text())["seconds"]) if resuming else 0.0
+    callbacks = [_TrainingClock(clock_path, spent)]
     if val_patient_arrays is not None:
         callbacks.append(PatientDice(*val_patient_arrays))
     callbacks += list(extra_callbacks or [])
@@ -400,13 +438,13 @@ def train(
         print("TensorFlow is not installed: no TensorBoard logs (history.csv holds the curves).")
     if schedule == "cosine":
         budget = time_budget_minutes * 60 if time_budget_minutes else None
-        callbacks.insert(0, CosineDecay(epochs, budget))
+        callbacks.insert(0, CosineDecay(epochs, budget, spent_seconds=spent))
     elif schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5, patience=4))
     else:
         raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'plateau'.")
     if time_budget_minutes:
-        callbacks.append(TimeBudget(time_budget_minutes * 60))
+        callbacks.append(TimeBudget(time_budget_minutes * 60, spent_seconds=spent))
     # Under mixed precision, Adam sits inside a LossScaleOptimizer.
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if getattr(optimizer, "use_ema", False):
@@ -422,7 +460,8 @@ def train(
               callbacks=callbacks, verbose=verbose, shuffle=shuffle)
     elapsed = time.monotonic() - started
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
-    (output_dir / "training_time.json").write_text(json.dumps({"seconds": elapsed}))
+    (output_dir / "training_time.json").write_text(json.dumps({"seconds": spent + elapsed,
+                                                               "seconds_before_resume": spent}))
     if not history.empty and not np.all(np.isfinite(history["loss"])):
         print("The loss became NaN: training stopped; the last good epoch is kept in backup/.")
     return history

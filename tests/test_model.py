@@ -251,3 +251,6 @@ def test_select_channels_refuses_missing_or_negative_channels():
         SelectChannels((-1,))
     with pytest.raises(ValueError, match="channel 3 does not exist in an input of 3 channels"):
         build_resunet((16, 16, 3), 4, depth=2, channels=(1, 3))
+    # papermill's -p CHANNELS [1] arrives as text: say how to pass a list instead of failing on "[".
+    with pytest.raises(ValueError, match=r"text '\[1\]'.*-y 'CHANNELS: \[1\]'"):
+        SelectChannels("[1]")

@@ -131,6 +131,48 @@ def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, m
     assert best.predict(val_images[:2].astype(np.float32) / 255.0, verbose=0).shape == (2, SIZE, SIZE, 1)
 
 
+def test_resumed_run_counts_its_budget_and_schedule_on_from_the_time_spent(slices, tmp_path, monkeypatch):
+    keras.utils.set_random_seed(2)
+    images, masks = slices["train"]
+    val_images, val_masks, val_patients = slices["val"]
+    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=2)
+    val_data = make_dataset(val_images, val_masks, batch_size=4)
+    output = tmp_path / "run"
+    budget_minutes = 10.0
+    arguments = dict(epochs=6, time_budget_minutes=budget_minutes,
+                     val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+
+    first = tiny_model()
+    add_callback(monkeypatch, first, EpochRecorder(stop_after=0))
+    with pytest.raises(Interrupted):
+        train(first, train_data, val_data, output, **arguments)
+    clock = json.loads((output / "clock.json").read_text())
+    assert clock["epochs"] == 1 and 0 < clock["seconds"] < 60
+    # Stand for a first session that spent the whole budget but was cut off before its last epoch ended.
+    spent = budget_minutes * 60
+    (output / "clock.json").write_text(json.dumps({"seconds": spent, "epochs": 1}))
+
+    second = tiny_model()
+    rates = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    epochs = EpochRecorder()
+    add_callback(monkeypatch, second, Record())
+    add_callback(monkeypatch, second, epochs)
+    history = train(second, train_data, val_data, output, **arguments)
+    # No time was left: one epoch (the budget is checked as each ends), where a fresh budget would
+    # have run all five remaining epochs.
+    assert epochs.epochs == [1]
+    assert history["epoch"].tolist() == [0, 1]
+    # The cosine goes on at its floor (2% of 1e-3, the budget being spent), not back from the top.
+    assert rates and max(rates) == pytest.approx(0.02 * 1e-3)
+    timing = json.loads((output / "training_time.json").read_text())
+    assert timing["seconds_before_resume"] == spent and timing["seconds"] > spent
+
+
 def averaging_model(loss_scale: bool = False) -> keras.Model:
     """A tiny model whose Adam keeps a moving average of its weights (momentum 0.9)."""
     model = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=4, depth=2), ema_momentum=0.9)
