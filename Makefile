@@ -58,10 +58,12 @@ bench: install  ## input pipeline, manifest and inference speed, JSON under arti
 	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
 
 quality: install  ## train the CPU profile on real data and score held-out patients
-	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality
+	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality \
+	  --cache-dir $(ARTIFACTS_DIR)/cache
 
 compare: install  ## design choices at equal time (8 min each), scored on validation patients
 	$(BIN)/python benchmarks/compare.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/compare \
+	  --cache-dir $(ARTIFACTS_DIR)/cache \
 	  --minutes 8 --variants residual plain no_standardize no_flair_only
 
 app: install  ## the Gradio app on http://127.0.0.1:7860

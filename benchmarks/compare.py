@@ -109,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
     parser.add_argument("--out", default="artifacts/compare", help="output folder (default: %(default)s)")
+    parser.add_argument("--cache-dir", default="artifacts/cache",
+                        help="decoded-slice cache, shared between runs (default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=12, help="training budget per variant (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["residual", "plain"],
                         help="variants to train (default: %(default)s)")
@@ -123,13 +125,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest = data.build_manifest(data.resolve_data_dir(args.data_dir), show_progress=False)
     split = preprocessing.split_patients(manifest, seed=args.seed)
-    arrays = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=Path("artifacts/cache"))
+    arrays = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=Path(args.cache_dir))
     rows = [train_variant(name, arrays, args, out) for name in args.variants]
     report = {
         "command": "python benchmarks/compare.py " + " ".join(
             f"--{key.replace('_', '-')} " + (" ".join(value) if isinstance(value, list) else f"{value}")
             for key, value in vars(args).items()),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.machine()}, {training.describe_device()}",
         "scored_on": "validation patients (threshold 0.5, input size), never the test patients",
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
         "results": rows,

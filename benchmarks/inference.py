@@ -1,8 +1,10 @@
 """Inference benchmark: milliseconds per 256x256 PNG, end to end, after warm-up.
 
 End to end is what a user waits for: read and decode the PNG, predict with
-the shipped model (resizing to its input and back), and draw the overlay.
-Writes ``inference.json`` under ``--out``.
+the shipped model (resizing to its input and back), threshold and drop small
+regions with the settings recorded beside the model (as the command line,
+the app and notebook 06 do), and draw the overlay. Writes
+``inference.json`` under ``--out``.
 
     python benchmarks/inference.py --out artifacts/bench
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers import inference
+from helpers import inference, training
 
 
 def main() -> None:
@@ -31,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = inference.load_default_model(args.model)
+    settings = inference.recommended_settings(args.model)
     rng = np.random.default_rng(0)
     timings = []
     with tempfile.TemporaryDirectory() as folder:
@@ -41,15 +43,17 @@ def main() -> None:
             paths.append(path)
         for index in range(5 + args.repeats):
             start = time.perf_counter()
-            result = inference.segment(model, inference.load_image(paths[index % len(paths)]))
+            result = inference.segment(model, inference.load_image(paths[index % len(paths)]),
+                                       settings["threshold"], settings["min_component_pixels"])
             elapsed = time.perf_counter() - start
             assert result.mask.shape == (256, 256)
             if index >= 5:
                 timings.append(elapsed * 1000)
     summary = {
         "command": f"python benchmarks/inference.py --model {args.model} --out {args.out}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.machine()}, {training.describe_device()}",
         "model": args.model,
+        "settings": settings,
         "model_input": list(model.input_shape[1:]),
         "image": "256x256 RGB PNG",
         "milliseconds_median": float(np.median(timings)),

@@ -36,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
     parser.add_argument("--out", default="artifacts/quality", help="output folder (default: %(default)s)")
+    parser.add_argument("--cache-dir", default="artifacts/cache",
+                        help="decoded-slice cache, shared between runs (default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=85, help="training budget in minutes (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="most epochs (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=128, help="model input size (default: %(default)s)")
@@ -92,7 +94,7 @@ def main() -> None:
         raise SystemExit(str(report))
     split = preprocessing.split_patients(manifest, seed=args.seed)
     split.to_csv(out / "split.csv", index=False)
-    cache = Path("artifacts/cache")
+    cache = Path(args.cache_dir)
     small = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache)
     full = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=cache)
 
@@ -169,7 +171,7 @@ def main() -> None:
         "command": "python benchmarks/quality.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
             for k, v in vars(args).items() if v is not False and v is not None),
-        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.node()} {platform.machine()}, {training.describe_device()}",
         "keras": keras.__version__, "helpers": helpers.__version__,
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),

@@ -29,7 +29,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from helpers import data, evaluation, metrics, preprocessing
+from helpers import data, evaluation, metrics, preprocessing, training
 
 
 def round_trip(masks: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
@@ -84,7 +84,7 @@ def main() -> None:
     report = {
         "command": f"python benchmarks/resolution.py --data-dir {args.data_dir} --out {args.out} "
                    f"--sizes {' '.join(map(str, args.sizes))} --seed {args.seed}",
-        "machine": f"{platform.machine()}, no GPU",
+        "machine": f"{platform.machine()}, {training.describe_device()}",
         "what": "Dice of the ground truth against itself after a round trip through the input size "
                 "(nearest neighbour down, bilinear up, threshold 0.5): the most a model at that size can score",
         "slices": int(len(masks)),

@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="saved .keras models to score")
     parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
     parser.add_argument("--out", default="artifacts/robustness", help="output folder (default: %(default)s)")
+    parser.add_argument("--cache-dir", default="artifacts/cache",
+                        help="decoded-slice cache, shared between runs (default: %(default)s)")
     parser.add_argument("--grey-level", type=int, default=103,
                         help="channel-0 value outside the head in grey_background (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")
@@ -61,7 +63,7 @@ def main() -> None:
         model = keras.models.load_model(path)
         size = model.input_shape[1]
         images, masks, val_rows = preprocessing.arrays_by_split(manifest, split, size,
-                                                                cache_dir=Path("artifacts/cache"))["val"]
+                                                                cache_dir=Path(args.cache_dir))["val"]
         patients = val_rows["patient"].to_numpy()
         row = {"model": str(path)}
         for name, inputs in variants(images, args.grey_level).items():
@@ -72,7 +74,7 @@ def main() -> None:
     report = {
         "command": "python benchmarks/robustness.py --models " + " ".join(map(str, args.models))
                    + f" --data-dir {args.data_dir} --out {args.out} --grey-level {args.grey_level}",
-        "machine": f"{platform.machine()}, no GPU",
+        "machine": f"{platform.machine()}, {training.describe_device()}",
         "scored_on": "validation patients (threshold 0.5, model input size), never the test patients",
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
         "results": rows,
