@@ -928,8 +928,9 @@ def load_arrays(
     so masks stay binary. Slices are decoded by several threads at once
     (OpenCV and tifffile release the interpreter lock). Decoded arrays are
     cached as two ``.npy`` files in a folder under ``cache_dir`` (never in the
-    data folder), keyed by the files' paths, sizes and times, so a second
-    call reads them back in about a second.
+    data folder), keyed by the image and mask files' paths, sizes and times,
+    so a second call reads them back in about a second, and a file changed
+    since is decoded anew.
 
     When the arrays do not fit in memory, they are written straight to the
     cache and returned memory-mapped: the training pipeline then streams
@@ -957,7 +958,8 @@ def load_arrays(
 
     if in_memory is None:
         in_memory = fits_in_memory(len(manifest), size)
-    paths = manifest["image_path"].tolist()
+    # Masks count too: a corrected mask must not be served from a cache of the old one.
+    paths = [path for pair in zip(manifest["image_path"], manifest["mask_path"]) for path in pair]
     folder = None
     if cache_dir is not None:
         folder = Path(cache_dir) / f"slices_{cache_key(paths, size)}"

@@ -203,7 +203,9 @@ def choose_postprocessing(
     Returns:
         The best ``{"threshold", "min_component_pixels", "min_volume_pixels"}``
         and the table of every candidate's validation per-patient Dice. Ties
-        go to the first candidate, so to the least post-processing.
+        go to the first candidate in the order searched: thresholds in the
+        order given, then 2D sizes, then 3D sizes (so, among equal scores,
+        the lowest threshold listed first wins, not the least filtering).
     """
     rows = []
     for threshold, minimum, volume in itertools.product(thresholds, min_components, min_volumes):
@@ -229,7 +231,8 @@ def choose_on_validation(
     """Choose flip test-time augmentation and post-processing on validation patients.
 
     Predicts the validation slices with and without flip averaging, runs
-    ``choose_postprocessing`` on each, and keeps the best.
+    ``choose_postprocessing`` on each, and keeps the best; flip averaging
+    (the costlier) is kept only when strictly better.
 
     Args:
         model: the trained model.

@@ -78,7 +78,10 @@ def hausdorff95(truth: np.ndarray, prediction: np.ndarray) -> float:
 
     Boundary pixels are the mask's pixels with a 4-neighbour outside it. The
     distances from every boundary pixel of each mask to the nearest boundary
-    pixel of the other are pooled and their 95th percentile returned.
+    pixel of the other are pooled and their 95th percentile returned. This
+    pooled form is never larger than the one MedPy and MONAI compute (the
+    larger of the two directed 95th percentiles), and it is per 2D slice:
+    compare it with figures computed the same way, not with 3D HD95 in mm.
 
     Args:
         truth: 0/1 array (H, W).
@@ -212,8 +215,14 @@ def summarize(slice_table: pd.DataFrame, patient_table: pd.DataFrame) -> dict[st
         **dict(zip(("dice_per_patient_ci95_low", "dice_per_patient_ci95_high"),
                    mean_confidence_interval(patient_table["dice"]))),
         "iou_per_patient_mean": float(patient_table["iou"].mean()),
-        "precision_per_patient_mean": float(np.nanmean(patient_table["precision"])),
-        "recall_per_patient_mean": float(np.nanmean(patient_table["recall"])),
+        # Over the patients where each is defined: precision where something was predicted,
+        # recall where there is tumour. The counts say how many that was.
+        "precision_per_patient_mean": float(np.nanmean(patient_table["precision"]))
+        if patient_table["precision"].notna().any() else float("nan"),
+        "precision_patients": int(patient_table["precision"].notna().sum()),
+        "recall_per_patient_mean": float(np.nanmean(patient_table["recall"]))
+        if patient_table["recall"].notna().any() else float("nan"),
+        "recall_patients": int(patient_table["recall"].notna().sum()),
         "dice_per_slice_mean_all": float(slice_table["dice"].mean()),
         "dice_per_slice_mean_tumour": float(slice_table.loc[with_tumour, "dice"].mean())
         if with_tumour.any() else float("nan"),

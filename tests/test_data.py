@@ -329,6 +329,22 @@ def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synth
     np.testing.assert_array_equal(masks_again, masks)
 
 
+def test_load_arrays_decodes_again_when_a_mask_is_corrected(synthetic_manifest, tmp_path):
+    rows = synthetic_manifest[synthetic_manifest["tumour_pixels"] > 0].head(2).copy()
+    (tmp_path / "slices").mkdir()
+    for column in ("image_path", "mask_path"):
+        rows[column] = [shutil.copy2(path, tmp_path / "slices") for path in rows[column]]
+    cache = tmp_path / "cache"
+    _, masks = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
+    assert masks[0].any()
+    corrected = rows.iloc[0]["mask_path"]
+    tifffile.imwrite(corrected, np.zeros_like(tifffile.imread(corrected)))
+    _, masks_again = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
+    assert not masks_again[0].any()
+    np.testing.assert_array_equal(masks_again[1], masks[1])
+    assert len(list(cache.iterdir())) == 2
+
+
 def test_load_arrays_streams_from_disk_when_asked(synthetic_manifest, synthetic_arrays, tmp_path):
     images, masks = synthetic_arrays
     mapped_images, mapped_masks = load_arrays(synthetic_manifest, size=images.shape[1], cache_dir=tmp_path,

@@ -93,6 +93,45 @@ def test_small_components_are_counted_by_connectivity():
     assert remove_small_components(volume, 41, connectivity=3).sum() == 0
 
 
+class ColumnWeightedModel:
+    """Stands for a model: probability = channel 0 of the input x a weight per column.
+
+    Weights of 1 on the left half and ``right`` on the right half make a
+    prediction that a left-right flip changes, unless ``right`` is 1.
+    """
+
+    def __init__(self, size: int, right: float):
+        self.input_shape = (None, size, size, 3)
+        self.weights = np.where(np.arange(size) < size // 2, 1.0, right).astype(np.float32)
+
+    def predict_on_batch(self, batch):
+        return (np.asarray(batch)[..., :1] * self.weights[None, None, :, None]).astype(np.float32)
+
+
+def test_choose_on_validation_keeps_flips_only_when_strictly_better_and_can_pick_a_3d_filter():
+    from helpers.evaluation import choose_on_validation
+
+    truth = np.zeros((4, 8, 8), np.uint8)
+    truth[:, 2:6, 1:7] = 1  # a tumour on both sides of the middle, in all 4 slices of 2 patients
+    patients = np.array(["a", "a", "b", "b"])
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    images[..., 0] = truth * 230  # 0.9 inside the tumour
+    images[3, 7, 0:4, 0] = 250  # a 4-pixel false alarm, apart from the tumour, on one slice of patient b
+    candidates = dict(thresholds=(0.5,), min_components=(0,), min_volumes=(0, 5))
+
+    # The right half weighted 0.4 (0.36 < 0.5): without flips the right half is missed; averaged
+    # with the flipped prediction, every tumour pixel is 0.9 x 0.7 = 0.63.
+    choice, table = choose_on_validation(ColumnWeightedModel(8, 0.4), images, truth, patients, **candidates)
+    assert choice["flip_tta"] is True
+    assert choice["min_volume_pixels"] == 5  # the 4-pixel alarm has no neighbour in the next slice
+    assert choice["val_dice_per_patient"] == pytest.approx(1.0)
+    assert len(table) == 4 and sorted(table["flip_tta"].tolist()) == [False, False, True, True]
+
+    # A model that a flip does not change: a tie, so the cheaper choice (no flips) stays.
+    choice, _ = choose_on_validation(ColumnWeightedModel(8, 1.0), images, truth, patients, **candidates)
+    assert choice["flip_tta"] is False and choice["val_dice_per_patient"] == pytest.approx(1.0)
+
+
 def test_remove_small_volumes_keeps_regions_that_span_slices():
     from helpers.evaluation import postprocess, remove_small_volumes
 

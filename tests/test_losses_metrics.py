@@ -279,15 +279,32 @@ def test_summarize_by_hand():
         "pooled_dice": 2 * 2 / (2 * 2 + 1 + 1),  # tp 2, fp 1, fn 1
         "slice_false_positives": 1, "slice_false_negatives": 0,
         "detection_sensitivity": 1.0, "detection_specificity": 0.0,
+        # patient A: tp 1, fp 1, fn 1; patient B: tp 1 alone
+        "dice_per_patient_median": 0.75, "iou_per_patient_mean": (1 / 3 + 1) / 2,
+        "precision_per_patient_mean": (1 / 2 + 1) / 2, "recall_per_patient_mean": (1 / 2 + 1) / 2,
+        "precision_patients": 2, "recall_patients": 2,
+        "pooled_iou": 2 / (2 + 1 + 1),
+        # slice distances, both directions pooled: [0, 1, 0] on A's slice (95th percentile 0.9), 0 on B's
+        "hd95_slices": 2, "hd95_pixels_mean": (0.9 + 0) / 2,
     }
     for key, value in expected.items():
         assert summary[key] == pytest.approx(value), key
     for key, value in summary.items():
         assert isinstance(value, (int, float)), key
-        if any(word in key for word in ("dice", "iou", "precision", "recall", "accuracy",
-                                        "specificity", "sensitivity")):
+        if not key.endswith("_patients") and any(word in key for word in (
+                "dice", "iou", "precision", "recall", "accuracy", "specificity", "sensitivity")):
             assert 0.0 <= value <= 1.0, key
     assert pd.Series(summary).index.is_unique
+
+
+def test_summarize_counts_the_patients_behind_precision():
+    truth, prediction, patients, slices = hand_example()
+    prediction = prediction.copy()
+    prediction[2] = 0  # nothing predicted for patient B: its precision is undefined, its recall 0
+    slice_table = metrics.per_slice_table(truth, prediction, patients, slices)
+    summary = metrics.summarize(slice_table, metrics.per_patient_table(slice_table))
+    assert summary["precision_patients"] == 1 and summary["precision_per_patient_mean"] == pytest.approx(0.5)
+    assert summary["recall_patients"] == 2 and summary["recall_per_patient_mean"] == pytest.approx((0.5 + 0) / 2)
 
 
 def test_hausdorff95_matches_a_brute_force_distance():
