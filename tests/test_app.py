@@ -94,8 +94,8 @@ def test_disclaimer_is_on_the_page():
 def test_threshold_and_smallest_region_given_override_the_recorded_ones(files):
     import gradio
 
-    # Counted on a 256x256 slice and scaled to this one's area: more than a whole slice drops every region.
-    demo = web_app.build_app(files["model"], threshold=0.8, min_component_pixels=256 * 256 + 1)
+    # Counted on a 256x256 slice and scaled to this one's area: twice a whole slice drops every region.
+    demo = web_app.build_app(files["model"], threshold=0.8, min_component_pixels=2 * 256 * 256)
     assert [block.value for block in demo.blocks.values() if isinstance(block, gradio.Slider)] == [0.8]
     _, _, area, _ = demo.fns[0].fn(str(files["slice"]), 0.05)
     assert area == 0
