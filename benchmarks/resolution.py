@@ -47,6 +47,7 @@ def round_trip(masks: np.ndarray, size: int, batch_size: int = 256) -> np.ndarra
     out = np.empty_like(masks)
     for start in range(0, len(masks), batch_size):
         batch = masks[start:start + batch_size]
+        # resize_slice, the caches' own resizing, takes an image with each mask; only the mask is kept.
         small = np.stack([data.resize_slice(np.zeros((height, width, 1), np.uint8), m, size)[1] for m in batch])
         back = tf.image.resize(small[..., None].astype(np.float32), (height, width), method="bilinear")
         out[start:start + batch_size] = evaluation.binarize(np.asarray(back)[..., 0], threshold=0.5)

@@ -83,6 +83,15 @@ def add_callback(monkeypatch, model: keras.Model, callback: keras.callbacks.Call
     monkeypatch.setattr(model, "fit", fit_with_callback)
 
 
+def seeded_pipelines(slices, seed: int):
+    """Seed Keras, then the training and validation batches (4 slices) and the per-patient arrays."""
+    keras.utils.set_random_seed(seed)
+    images, masks = slices["train"]
+    val_images, val_masks, val_patients = slices["val"]
+    return (make_dataset(images, masks, batch_size=4, training=True, seed=seed),
+            make_dataset(val_images, val_masks, batch_size=4), (val_images, val_masks, val_patients))
+
+
 def test_loss_falls_on_a_repeated_batch(slices):
     keras.utils.set_random_seed(0)
     images, masks = slices["train"]
@@ -95,12 +104,9 @@ def test_loss_falls_on_a_repeated_batch(slices):
 
 @pytest.mark.filterwarnings("error:`shuffle=True` was passed")
 def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, monkeypatch):
-    keras.utils.set_random_seed(1)
-    images, masks = slices["train"]
-    val_images, val_masks, val_patients = slices["val"]
-    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=1)
-    val_data = make_dataset(val_images, val_masks, batch_size=4)
-    arguments = dict(epochs=4, val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+    train_data, val_data, val_arrays = seeded_pipelines(slices, seed=1)
+    val_images = val_arrays[0]
+    arguments = dict(epochs=4, val_patient_arrays=val_arrays, verbose=0)
     output = tmp_path / "run"
 
     first = tiny_model()
@@ -132,15 +138,10 @@ def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, m
 
 
 def test_resumed_run_counts_its_budget_and_schedule_on_from_the_time_spent(slices, tmp_path, monkeypatch):
-    keras.utils.set_random_seed(2)
-    images, masks = slices["train"]
-    val_images, val_masks, val_patients = slices["val"]
-    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=2)
-    val_data = make_dataset(val_images, val_masks, batch_size=4)
+    train_data, val_data, val_arrays = seeded_pipelines(slices, seed=2)
     output = tmp_path / "run"
     budget_minutes = 10.0
-    arguments = dict(epochs=6, time_budget_minutes=budget_minutes,
-                     val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+    arguments = dict(epochs=6, time_budget_minutes=budget_minutes, val_patient_arrays=val_arrays, verbose=0)
 
     first = tiny_model()
     add_callback(monkeypatch, first, EpochRecorder(stop_after=0))
@@ -224,12 +225,8 @@ class WeightsAtEpochStart(keras.callbacks.Callback):
 
 
 def test_resumed_averaging_run_trains_on_the_raw_weights(slices, tmp_path, monkeypatch):
-    keras.utils.set_random_seed(4)
-    images, masks = slices["train"]
-    val_images, val_masks, val_patients = slices["val"]
-    train_data = make_dataset(images, masks, batch_size=4, training=True, seed=4)
-    val_data = make_dataset(val_images, val_masks, batch_size=4)
-    arguments = dict(epochs=3, val_patient_arrays=(val_images, val_masks, val_patients), verbose=0)
+    train_data, val_data, val_arrays = seeded_pipelines(slices, seed=4)
+    arguments = dict(epochs=3, val_patient_arrays=val_arrays, verbose=0)
 
     first = averaging_model()
     add_callback(monkeypatch, first, EpochRecorder(stop_after=0))
