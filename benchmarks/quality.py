@@ -53,6 +53,9 @@ def main() -> None:
                              "loss that favours recall (default: %(default)s)")
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
+    parser.add_argument("--soft-masks", action="store_true",
+                        help="train on masks resized by area averaging (fractions), not nearest neighbour; "
+                             "validation masks stay 0/1")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="input channels the network reads, e.g. 1 for FLAIR alone (default: all three)")
     parser.add_argument("--no-standardize", action="store_true",
@@ -110,13 +113,19 @@ def main() -> None:
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
                                bce_weight=args.bce_weight, ema_momentum=args.ema, miss_weight=args.miss_weight)
         train_images, train_masks, _ = small["train"]
+        mask_levels = 1
+        if args.soft_masks:
+            train_masks = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache,
+                                                        soft_masks=True)["train"][1]
+            mask_levels = data.SOFT_MASK_LEVELS
         val_images, val_masks, val_rows = small["val"]
         # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).
         image_dtype = "float32" if args.no_standardize else "uint8"
         train_ds = preprocessing.make_dataset(train_images, train_masks, args.batch_size, training=True,
                                               seed=init_seed, oversample_tumour=args.oversample,
                                               flair_only_probability=args.flair_only,
-                                              gamma_probability=args.gamma, image_dtype=image_dtype)
+                                              gamma_probability=args.gamma, image_dtype=image_dtype,
+                                              mask_levels=mask_levels)
         val_ds = preprocessing.make_dataset(val_images, val_masks, args.batch_size, image_dtype=image_dtype)
         train_started = time.monotonic()
         history = training.train(

@@ -692,22 +692,39 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return (array > 0).astype(np.uint8)
 
 
-def resize_slice(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+SOFT_MASK_LEVELS = 255
+"""Value of a fully covered pixel in a soft mask (``resize_slice(soft_mask=True)``)."""
+
+
+def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
+                 soft_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resize one slice and its mask to ``size`` x ``size``, as every cache of this project does.
 
     Args:
         image: uint8 (H, W, C), 0-255.
         mask: uint8 (H, W), 0/1.
         size: output height and width.
+        soft_mask: resize the mask by area averaging too, keeping the share
+            of each new pixel the tumour covers (0 to ``SOFT_MASK_LEVELS``),
+            instead of nearest neighbour (0/1). A network trained on such
+            targets learns that share, and its probabilities, resized back
+            to full size and thresholded, can draw an edge between the
+            pixels of its grid (``benchmarks/resolution.py`` measures what
+            each form loses).
 
     Returns:
         The image resized by area averaging, uint8 (size, size, C), and the
-        mask by nearest neighbour, so it stays 0/1: uint8 (size, size).
+        mask: uint8 (size, size), 0/1 by nearest neighbour, or
+        0-``SOFT_MASK_LEVELS`` with ``soft_mask``.
     """
     import cv2
 
-    return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+    if soft_mask:
+        resized_mask = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        resized_mask = np.rint(resized_mask * SOFT_MASK_LEVELS).astype(np.uint8)
+    else:
+        resized_mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), resized_mask
 
 
 def _read_any(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
@@ -890,13 +907,15 @@ def check_split_leakage(split: pd.DataFrame) -> None:
         raise DatasetError(f"Patients on more than one side of the split: {leaked}")
 
 
-def cache_key(paths: list[str], size: int) -> str:
-    """A short hash naming the cache of a set of slices at one size."""
+def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:
+    """A short hash naming the cache of a set of slices at one size (and mask form)."""
     digest = hashlib.sha1()
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     digest.update(str(size).encode())
+    if soft_masks:  # hard masks keep the key they always had, so existing caches stay valid
+        digest.update(b"|soft")
     return digest.hexdigest()[:16]
 
 
@@ -921,11 +940,12 @@ def load_arrays(
     show_progress: bool = True,
     in_memory: bool | None = None,
     workers: int | None = None,
+    soft_masks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every slice of a manifest into two arrays, resized to ``size``.
 
     Images are resized with area interpolation, masks with nearest neighbour,
-    so masks stay binary. Slices are decoded by several threads at once
+    so masks stay binary (or by area too, with ``soft_masks``). Slices are decoded by several threads at once
     (OpenCV and tifffile release the interpreter lock). Decoded arrays are
     cached as two ``.npy`` files in a folder under ``cache_dir`` (never in the
     data folder), keyed by the image and mask files' paths, sizes and times,
@@ -944,10 +964,14 @@ def load_arrays(
         in_memory: ``True`` to load into memory, ``False`` to memory-map
             from the cache, ``None`` to decide by ``fits_in_memory``.
         workers: decoding threads; ``None`` for one per CPU core.
+        soft_masks: resize masks by area averaging (``resize_slice``), for
+            soft training targets; slices already at ``size`` keep 0/1
+            masks, scaled to 0 and ``SOFT_MASK_LEVELS``.
 
     Returns:
         images: uint8 array (N, size, size, 3), values 0-255.
-        masks: uint8 array (N, size, size), values 0 and 1.
+        masks: uint8 array (N, size, size), values 0 and 1; with
+            ``soft_masks``, 0 to ``SOFT_MASK_LEVELS``.
         Both are ``np.memmap`` when not in memory.
 
     Raises:
@@ -962,7 +986,7 @@ def load_arrays(
     paths = [path for pair in zip(manifest["image_path"], manifest["mask_path"]) for path in pair]
     folder = None
     if cache_dir is not None:
-        folder = Path(cache_dir) / f"slices_{cache_key(paths, size)}"
+        folder = Path(cache_dir) / f"slices_{cache_key(paths, size, soft_masks)}"
         if (folder / "masks.npy").exists():
             mode = None if in_memory else "r"
             return np.load(folder / "images.npy", mmap_mode=mode), np.load(folder / "masks.npy", mmap_mode=mode)
@@ -986,7 +1010,9 @@ def load_arrays(
         index, image_path, mask_path = index_and_paths
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != (size, size):
-            image, mask = resize_slice(image, mask, size)
+            image, mask = resize_slice(image, mask, size, soft_mask=soft_masks)
+        elif soft_masks:
+            mask = mask * np.uint8(SOFT_MASK_LEVELS)
         images[index], masks[index] = image, mask
 
     jobs = zip(range(len(manifest)), manifest["image_path"], manifest["mask_path"])

@@ -210,7 +210,8 @@ def augment_stacked(
     fill) straight into the output; a slice that is only flipped is mirrored
     by ``cv2.flip``. The mask channel holds 0 and 1: on uint8 the bilinear
     warp rounds it, which is a threshold at one half; on floats it is
-    thresholded at one half explicitly.
+    thresholded at one half explicitly. A soft uint8 mask (0-255,
+    ``helpers.data.resize_slice(soft_mask=True)``) is warped as the image is.
 
     Args:
         stack: (B, H, W, C + 1), image channels then the mask; uint8 (image
@@ -409,7 +410,7 @@ def augment_batch(
     return moved_images, moved_masks
 
 
-def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def split_stacked(stack: np.ndarray, scale: bool = True, mask_levels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Split slices stacked with their masks into the model's inputs and targets.
 
     The last step of every pipeline of ``make_dataset``: one OpenCV
@@ -427,15 +428,22 @@ def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np
     and 0/1), a quarter of the bytes, for a model that standardises each
     slice itself (``make_dataset(image_dtype="uint8")``).
 
+    Soft masks (``mask_levels`` > 1, 0 to ``mask_levels``) are always
+    divided into float32 fractions, whatever ``scale`` says: a loss cannot
+    tell 255 from 1.
+
     Args:
         stack: uint8 (B, H, W, C + 1), image channels (0-255) then the mask
             (0/1); any memory layout (a copy is made if needed).
         scale: cast to float32 and scale the image to [0, 1]; ``False``
             keeps uint8.
+        mask_levels: the value of a full tumour pixel in the mask: 1 for
+            0/1 masks, ``helpers.data.SOFT_MASK_LEVELS`` for soft ones.
 
     Returns:
         images float32 (B, H, W, C) in [0, 1], masks float32 (B, H, W, 1) in
         {0, 1}; with ``scale=False``, uint8 images (0-255) and uint8 masks (0/1).
+        Soft masks come back float32 in [0, 1].
 
     Raises:
         ValueError: if the array is not uint8 (B, H, W, C + 1) with C >= 1.
@@ -453,12 +461,18 @@ def split_stacked(stack: np.ndarray, scale: bool = True) -> tuple[np.ndarray, np
     mask = aligned_empty((count * height, width), np.uint8)
     pairs = [index for k in range(planes) for index in (k, k)]
     cv2.mixChannels([rows], [image, mask], pairs)
+    if mask_levels != 1:
+        mask_out = aligned_empty(mask.shape, np.float32)
+        np.divide(mask, np.float32(mask_levels), out=mask_out, dtype=np.float32)
+    elif scale:
+        mask_out = aligned_empty(mask.shape, np.float32)
+        np.copyto(mask_out, mask, casting="unsafe")
+    else:
+        mask_out = mask
     if not scale:
-        return image.reshape(count, height, width, channels), mask.reshape(count, height, width, 1)
+        return image.reshape(count, height, width, channels), mask_out.reshape(count, height, width, 1)
     scaled = aligned_empty(image.shape, np.float32)
     np.divide(image, np.float32(255.0), out=scaled, dtype=np.float32)
-    mask_out = aligned_empty(mask.shape, np.float32)
-    np.copyto(mask_out, mask, casting="unsafe")
     return (scaled.reshape(count, height, width, channels), mask_out.reshape(count, height, width, 1))
 
 
@@ -512,6 +526,7 @@ def make_dataset(
     parallel_augmentation: bool = True,
     gamma_probability: float = GAMMA_PROBABILITY,
     image_dtype: str = "float32",
+    mask_levels: int = 1,
 ) -> tf.data.Dataset:
     """Build the tf.data pipeline over decoded uint8 slices.
 
@@ -555,6 +570,10 @@ def make_dataset(
             its own step, on the GPU where there is one, and the pipeline
             moves a quarter of the bytes. ``helpers.training.train`` refuses
             uint8 batches for a model without that layer.
+        mask_levels: the value of a full tumour pixel in ``masks``: 1, or
+            ``helpers.data.SOFT_MASK_LEVELS`` for soft masks
+            (``load_arrays(soft_masks=True)``), delivered as float32
+            fractions whatever ``image_dtype`` is.
 
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
@@ -568,6 +587,7 @@ def make_dataset(
         raise ValueError(f"image_dtype={image_dtype!r}: use 'float32' (scaled to [0, 1]) or 'uint8' (0-255 as stored).")
     scale = image_dtype == "float32"
     out_type = tf.float32 if scale else tf.uint8
+    mask_type = tf.float32 if scale or mask_levels != 1 else tf.uint8
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
         # In chunks, so that memory-mapped masks are never read whole into memory.
@@ -607,7 +627,7 @@ def make_dataset(
     image_shape, mask_shape = (None, *stacked_shape[:2], channels), (None, *stacked_shape[:2], 1)
 
     def to_inputs(arrays_op, *arguments):
-        images_out, masks_out = tf.numpy_function(arrays_op, list(arguments), [out_type, out_type],
+        images_out, masks_out = tf.numpy_function(arrays_op, list(arguments), [out_type, mask_type],
                                                   stateful=False)
         images_out.set_shape(image_shape)
         masks_out.set_shape(mask_shape)
@@ -616,7 +636,7 @@ def make_dataset(
     if training and augment:
         def run(batch, batch_seed):
             return split_stacked(augment_stacked(batch, batch_seed, flair_only_probability, rotate_zoom_probability,
-                                                 gamma_probability=gamma_probability), scale)
+                                                 gamma_probability=gamma_probability), scale, mask_levels)
 
         def augment(batch, batch_seed):
             return to_inputs(run, batch, batch_seed)
@@ -632,7 +652,7 @@ def make_dataset(
         calls = (os.cpu_count() or 2) if parallel_augmentation else 1
         dataset = tf.data.Dataset.zip((dataset, counter)).map(augment, num_parallel_calls=calls)
     else:
-        dataset = dataset.map(lambda batch: to_inputs(lambda stack: split_stacked(stack, scale), batch),
+        dataset = dataset.map(lambda batch: to_inputs(lambda stack: split_stacked(stack, scale, mask_levels), batch),
                               num_parallel_calls=tf.data.AUTOTUNE)
     # A pool of one thread per core for the pipeline's own work, apart from the model's.
     options = tf.data.Options()
@@ -647,6 +667,7 @@ def arrays_by_split(
     cache_dir=None,
     show_progress: bool = True,
     in_memory: bool | None = None,
+    soft_masks: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
     """Decode the slices of each side of a split, resized to ``size``.
 
@@ -664,6 +685,8 @@ def arrays_by_split(
         in_memory: ``True`` to hold the slices in memory, ``False`` to map
             them from the cache, ``None`` to decide by
             ``helpers.data.fits_in_memory``.
+        soft_masks: masks resized by area averaging, 0 to
+            ``helpers.data.SOFT_MASK_LEVELS`` (see ``helpers.data.resize_slice``).
 
     Returns:
         ``{"train": (images, masks, rows), "val": ..., "test": ...}``: uint8
@@ -679,7 +702,7 @@ def arrays_by_split(
     side_of = manifest["patient"].map(dict(zip(split["patient"], split["split"], strict=True)))
     if in_memory:
         images, masks = load_arrays(manifest, size=size, cache_dir=cache_dir, show_progress=show_progress,
-                                    in_memory=True)
+                                    in_memory=True, soft_masks=soft_masks)
     result = {}
     for side in SPLITS:
         chosen = (side_of == side).to_numpy()
@@ -688,7 +711,7 @@ def arrays_by_split(
             result[side] = (images[chosen], masks[chosen], rows)
         else:
             result[side] = (*load_arrays(rows, size=size, cache_dir=cache_dir, show_progress=show_progress,
-                                         in_memory=False), rows)
+                                         in_memory=False, soft_masks=soft_masks), rows)
     return result
 
 

@@ -329,6 +329,28 @@ def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synth
     np.testing.assert_array_equal(masks_again, masks)
 
 
+def test_soft_masks_keep_each_pixels_tumour_share_in_a_cache_of_their_own(synthetic_manifest, tmp_path):
+    rows = synthetic_manifest[synthetic_manifest["tumour_pixels"] > 0].head(4)
+    cache = tmp_path / "cache"
+    _, hard = load_arrays(rows, size=16, cache_dir=cache, show_progress=False)
+    _, soft = load_arrays(rows, size=16, cache_dir=cache, show_progress=False, soft_masks=True)
+    assert len(list(cache.iterdir())) == 2  # neither form is served from the other's cache
+    assert soft.dtype == np.uint8 and soft.max() == data.SOFT_MASK_LEVELS
+    assert len(np.unique(soft)) > 2  # edge pixels hold fractions
+    for index in range(len(rows)):
+        full = tifffile.imread(rows.iloc[index]["mask_path"]) > 0
+        # Halving 32 -> 16 by area: each pixel is the share of its 2x2 block the tumour covers.
+        share = full.reshape(16, 2, 16, 2).mean(axis=(1, 3))
+        np.testing.assert_allclose(soft[index] / data.SOFT_MASK_LEVELS, share, atol=0.5 / data.SOFT_MASK_LEVELS)
+        # The hard mask is nearest neighbour: 0/1, and 1 wherever the block is fully covered.
+        assert set(np.unique(hard[index]).tolist()) <= {0, 1} and hard[index][share == 1].all()
+    # Slices already at the asked size keep their 0/1 masks, on the soft scale.
+    _, same_size = load_arrays(rows, size=32, show_progress=False, soft_masks=True)
+    for index in range(len(rows)):
+        full = tifffile.imread(rows.iloc[index]["mask_path"]) > 0
+        np.testing.assert_array_equal(same_size[index], full * data.SOFT_MASK_LEVELS)
+
+
 def test_load_arrays_decodes_again_when_a_mask_is_corrected(synthetic_manifest, tmp_path):
     rows = synthetic_manifest[synthetic_manifest["tumour_pixels"] > 0].head(2).copy()
     (tmp_path / "slices").mkdir()

@@ -468,6 +468,36 @@ def test_split_stacked_without_scaling_keeps_the_bytes():
     np.testing.assert_array_equal(got_masks, masks[..., None])
 
 
+@pytest.mark.parametrize("scale", [True, False])
+def test_split_stacked_turns_soft_masks_into_fractions(scale):
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    masks = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    stack = np.concatenate([images, masks[..., None]], axis=-1)
+    got_images, got_masks = split_stacked(stack, scale=scale, mask_levels=255)
+    assert got_masks.dtype == np.float32 and got_masks.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(got_masks, (masks.astype(np.float32) / np.float32(255.0))[..., None])
+    assert got_images.dtype == (np.float32 if scale else np.uint8)
+
+
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+def test_pipeline_delivers_soft_masks_as_fractions(synthetic_arrays, image_dtype):
+    images, hard = synthetic_arrays
+    images, hard = images[:12], hard[:12]
+    soft = hard * np.uint8(128)  # every tumour pixel half covered
+    evaluation = make_dataset(images, soft, batch_size=4, image_dtype=image_dtype, mask_levels=255)
+    assert evaluation.element_spec[1].dtype == tf.float32
+    got = np.concatenate([masks for _, masks in evaluation.as_numpy_iterator()])
+    np.testing.assert_allclose(got[..., 0], hard * (128 / 255), rtol=1e-6)
+    # Training: warped soft masks stay fractions in [0, 1], and oversampling still finds the tumour slices.
+    training = make_dataset(images, soft, batch_size=4, training=True, image_dtype=image_dtype, mask_levels=255,
+                            oversample_tumour=1.0, rotate_zoom_probability=1.0)
+    delivered = [masks for _, masks in training.as_numpy_iterator()]
+    values = np.concatenate([masks.ravel() for masks in delivered])
+    assert values.min() >= 0.0 and values.max() <= 128 / 255 + 1e-6
+    assert sum(len(masks) for masks in delivered) == 12 + int(hard.reshape(12, -1).max(axis=1).sum())
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_uint8_pipeline_delivers_the_float_pipeline_bytes(synthetic_arrays, training):
     """image_dtype='uint8' gives the same slices, the same augmentation, unscaled."""
