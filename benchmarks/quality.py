@@ -150,7 +150,8 @@ def main() -> None:
     test_images, test_masks, test_rows = full["test"]
     post, table = evaluation.choose_on_validation(
         best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
-        min_components=(0, 30, 100), min_volumes=(0, 100, 300, 1000, 3000))
+        min_components=(0, 30, 100), min_volumes=(0, 100, 300, 1000, 3000),
+        slice_numbers=val_full_rows["slice"].to_numpy())
     table.to_csv(out / "postprocessing_validation.csv", index=False)
     use_tta = post.pop("flip_tta")
     val_best = post.pop("val_dice_per_patient")
@@ -159,7 +160,8 @@ def main() -> None:
     plain = {"threshold": 0.5, "min_component_pixels": 0, "min_volume_pixels": 0}
     for name, tta, chosen in (("plain_0.5", False, plain), ("chosen_on_val", use_tta, post)):
         probabilities = evaluation.predict_probabilities(best, test_images, flip_tta=tta)
-        prediction = evaluation.postprocess(probabilities, test_rows["patient"].to_numpy(), **chosen)
+        prediction = evaluation.postprocess(probabilities, test_rows["patient"].to_numpy(), **chosen,
+                                            slice_numbers=test_rows["slice"].to_numpy())
         summary, slice_table, patient_table = evaluation.evaluate(test_masks, prediction, test_rows)
         results[name] = summary
         if name == "chosen_on_val":

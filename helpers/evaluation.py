@@ -136,7 +136,35 @@ def patient_dice_mean(truth: np.ndarray, prediction: np.ndarray, patients: np.nd
     ]))
 
 
-def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pixels: int) -> np.ndarray:
+def stacks(patients: np.ndarray, slice_numbers: np.ndarray | None = None) -> list[np.ndarray]:
+    """The row indices of each run of neighbouring slices, one patient at a time.
+
+    Args:
+        patients: the patient of each slice, length N; a patient's slices
+            in slice order.
+        slice_numbers: the slice number of each row (the manifest's
+            ``slice``), or ``None`` to take each patient's rows as one
+            unbroken stack. Where a number is skipped (a slice dropped by
+            validation, say), the stack is cut, so that slices two apart
+            are not taken for neighbours.
+
+    Returns:
+        Arrays of row indices, one per stack.
+    """
+    patients = np.asarray(patients)
+    result = []
+    for patient in np.unique(patients):
+        rows = np.flatnonzero(patients == patient)
+        if slice_numbers is None or len(rows) < 2:
+            result.append(rows)
+            continue
+        gaps = np.flatnonzero(np.diff(np.asarray(slice_numbers)[rows]) != 1) + 1
+        result.extend(np.split(rows, gaps))
+    return result
+
+
+def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pixels: int,
+                         slice_numbers: np.ndarray | None = None) -> np.ndarray:
     """Drop predicted regions whose 3D extent over a patient's stack is small.
 
     A glioma spans neighbouring slices; an isolated false positive usually
@@ -149,6 +177,8 @@ def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pix
         patients: the patient of each slice, length N; a patient's slices
             must be consecutive and in slice order.
         min_volume_pixels: smallest component kept; 0 keeps all.
+        slice_numbers: the slice number of each row; where given, a stack
+            is cut where a number is missing (see ``stacks``).
 
     Returns:
         uint8 (N, H, W), values 0 and 1.
@@ -156,10 +186,8 @@ def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pix
     masks = masks.astype(bool)
     if min_volume_pixels <= 0:
         return masks.astype(np.uint8)
-    patients = np.asarray(patients)
     result = masks.copy()
-    for patient in np.unique(patients):
-        rows = np.flatnonzero(patients == patient)
+    for rows in stacks(patients, slice_numbers):
         volume = masks[rows]
         if volume.any():
             result[rows] = remove_small_components(volume, min_volume_pixels, connectivity=3)
@@ -167,14 +195,15 @@ def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pix
 
 
 def postprocess(probabilities: np.ndarray, patients: np.ndarray, threshold: float = 0.5,
-                min_component_pixels: int = 0, min_volume_pixels: int = 0) -> np.ndarray:
+                min_component_pixels: int = 0, min_volume_pixels: int = 0,
+                slice_numbers: np.ndarray | None = None) -> np.ndarray:
     """``binarize`` each slice, then ``remove_small_volumes`` over each patient's stack.
 
     Returns:
         uint8 (N, H, W), values 0 and 1.
     """
     masks = binarize(probabilities, threshold, min_component_pixels)
-    return remove_small_volumes(masks, patients, min_volume_pixels)
+    return remove_small_volumes(masks, patients, min_volume_pixels, slice_numbers)
 
 
 def choose_postprocessing(
@@ -184,6 +213,7 @@ def choose_postprocessing(
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7),
     min_components: tuple[int, ...] = (0, 10, 30, 60, 100),
     min_volumes: tuple[int, ...] = (0,),
+    slice_numbers: np.ndarray | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Pick the post-processing that maximises validation per-patient Dice.
 
@@ -199,6 +229,8 @@ def choose_postprocessing(
         min_components: candidate minimum component sizes in pixels, per slice.
         min_volumes: candidate minimum component sizes in pixels over a
             patient's stack (see ``remove_small_volumes``).
+        slice_numbers: the slice number of each row, so that stacks are
+            cut where slices are missing (see ``stacks``).
 
     Returns:
         The best ``{"threshold", "min_component_pixels", "min_volume_pixels"}``
@@ -209,7 +241,7 @@ def choose_postprocessing(
     """
     rows = []
     for threshold, minimum, volume in itertools.product(thresholds, min_components, min_volumes):
-        prediction = postprocess(probabilities, patients, threshold, minimum, volume)
+        prediction = postprocess(probabilities, patients, threshold, minimum, volume, slice_numbers)
         rows.append({"threshold": threshold, "min_component_pixels": minimum, "min_volume_pixels": volume,
                      "val_dice_per_patient": patient_dice_mean(truth, prediction, patients)})
     table = pd.DataFrame(rows)
@@ -241,8 +273,8 @@ def choose_on_validation(
         patients: the patient of each slice (consecutive, in slice order).
         batch_size: prediction batch size.
         flip_options: which of without / with flip averaging to try.
-        **candidates: ``thresholds``, ``min_components``, ``min_volumes`` for
-            ``choose_postprocessing``.
+        **candidates: ``thresholds``, ``min_components``, ``min_volumes`` and
+            ``slice_numbers`` for ``choose_postprocessing``.
 
     Returns:
         The chosen ``{"flip_tta", "threshold", "min_component_pixels",

@@ -143,12 +143,30 @@ def test_remove_small_volumes_keeps_regions_that_span_slices():
     expected = masks.copy()
     expected[3, 6, 6] = 0
     np.testing.assert_array_equal(kept, expected)
-    # A region split across two patients is not joined: each half has 8 pixels.
+    # A region split across two patients is not joined: each half has 4 pixels.
     split = remove_small_volumes(masks[:2], np.array(["a", "b"]), min_volume_pixels=5)
     np.testing.assert_array_equal(split, np.zeros_like(masks[:2]))
     np.testing.assert_array_equal(remove_small_volumes(masks, patients, 0), masks)
     probabilities = masks.astype(np.float32) * 0.9
     np.testing.assert_array_equal(postprocess(probabilities, patients, 0.5, 0, 5), expected)
+
+
+def test_a_missing_slice_cuts_the_stack_the_3d_filter_sees():
+    from helpers.evaluation import postprocess, remove_small_volumes, stacks
+
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[:, 2:4, 2:4] = 1  # 4 pixels on each of three rows of one patient
+    patients = np.array(["a", "a", "a"])
+    # Slices 1, 2, 3: one region of 12 pixels, kept.
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10, np.array([1, 2, 3])), masks)
+    # Slices 1, 2, 5 (3 and 4 dropped): a region of 8 and one of 4, neither kept.
+    cut = remove_small_volumes(masks, patients, 5, np.array([1, 2, 5]))
+    np.testing.assert_array_equal(cut, np.concatenate([masks[:2], np.zeros_like(masks[2:])]))
+    np.testing.assert_array_equal(postprocess(masks * 0.9, patients, 0.5, 0, 5, np.array([1, 2, 5])), cut)
+    # Without slice numbers, the rows are taken as neighbours, as before.
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 5), masks)
+    assert [rows.tolist() for rows in stacks(np.array(["a", "a", "b", "b"]), np.array([4, 6, 1, 2]))] == \
+        [[0], [1], [2, 3]]
 
 
 def test_missing_model_file_names_the_notebook_that_writes_it(tmp_path):
