@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 
-from helpers import data, preprocessing
+from helpers import data, preprocessing, training
 
 
 def main() -> None:
@@ -30,10 +30,12 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=150, help="batches timed per measurement (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4, help="measurements of each way (default: %(default)s)")
+    parser.add_argument("--cache-dir", default="artifacts/cache",
+                        help="decoded-slice cache, shared between runs (default: %(default)s)")
     args = parser.parse_args()
 
     manifest = data.build_manifest(data.resolve_data_dir(args.data_dir), show_progress=False)
-    images, masks = data.load_arrays(manifest, size=256, cache_dir="artifacts/cache", show_progress=False)
+    images, masks = data.load_arrays(manifest, size=256, cache_dir=args.cache_dir, show_progress=False)
     opencv_threads = cv2.getNumThreads()
     runs = {"parallel": [], "one_at_a_time": []}
     for _ in range(args.rounds):
@@ -43,7 +45,7 @@ def main() -> None:
             runs[name].append(preprocessing.measure_throughput(dataset, args.batches)["slices_per_second"])
             print(name, round(runs[name][-1]), "slices/s", flush=True)
     result = {
-        "command": f"python benchmarks/augment_threads.py --data-dir {args.data_dir} --out {args.out}",
+        "command": training.command_line("benchmarks/augment_threads.py", args),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "input_size": 256, "batch_size": 16, "batches_per_measurement": args.batches,
         "slices_per_second": runs,

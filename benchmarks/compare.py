@@ -128,9 +128,7 @@ def main() -> None:
     arrays = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=Path(args.cache_dir))
     rows = [train_variant(name, arrays, args, out) for name in args.variants]
     report = {
-        "command": "python benchmarks/compare.py " + " ".join(
-            f"--{key.replace('_', '-')} " + (" ".join(value) if isinstance(value, list) else f"{value}")
-            for key, value in vars(args).items()),
+        "command": training.command_line("benchmarks/compare.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "scored_on": "validation patients (threshold 0.5, input size), never the test patients",
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),

@@ -271,9 +271,7 @@ def train_profile(args: argparse.Namespace) -> None:
         "epochs_run": len(history), "training_seconds": seconds,
         "training_slices_per_second": len(history) * len(train_batches) * profile["batch_size"] / seconds,
         "model_bytes": size_bytes,
-        "command": "KERAS_BACKEND=jax python benchmarks/gpu_profile.py train " + " ".join(
-            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
-            for k, v in vars(args).items() if k != "step" and v is not None),
+        "command": training.command_line("benchmarks/gpu_profile.py train", args, skip=("step",), prefix="KERAS_BACKEND=jax"),
     }, indent=2))
     print((out / "device.json").read_text())
 

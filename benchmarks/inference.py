@@ -50,7 +50,7 @@ def main() -> None:
             if index >= 5:
                 timings.append(elapsed * 1000)
     summary = {
-        "command": f"python benchmarks/inference.py --model {args.model} --out {args.out}",
+        "command": training.command_line("benchmarks/inference.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "model": args.model,
         "settings": settings,

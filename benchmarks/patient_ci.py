@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import metrics
+from helpers import metrics, training
 
 
 def read_table(run: Path) -> pd.DataFrame:
@@ -62,8 +62,7 @@ def main() -> None:
             row["difference_ci_low"], row["difference_ci_high"] = metrics.mean_confidence_interval(difference, level=args.level)
         rows.append(row)
     report = {
-        "command": "python benchmarks/patient_ci.py " + " ".join(map(str, args.runs))
-                   + f" --out {args.out} --level {args.level}",
+        "command": training.command_line("benchmarks/patient_ci.py", args, positional=("runs",)),
         "interval": f"{args.level:.0%} percentile bootstrap over patients, 10,000 resamples, seed 0",
         "results": rows,
     }

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from helpers import data, preprocessing
+from helpers import data, preprocessing, training
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
                                        image_dtype="uint8"), args.batches)
         del mapped_images, mapped_masks
     result = {
-        "command": f"python benchmarks/pipeline.py --data-dir {args.data_dir} --out {args.out}",
+        "command": training.command_line("benchmarks/pipeline.py", args),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
         "slices": len(manifest),
         "patients": int(manifest["patient"].nunique()),

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from helpers import data, preprocessing
+from helpers import data, preprocessing, training
 
 
 def threaded_rate(work, batches: list[np.ndarray], threads: int, rounds: int) -> float:
@@ -100,7 +100,7 @@ def main() -> None:
               for name, build in stages.items()}
 
     result = {
-        "command": f"python benchmarks/pipeline_stages.py --data-dir {args.data_dir} --out {args.out}",
+        "command": training.command_line("benchmarks/pipeline_stages.py", args),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}",
         "input_size": 256,
         "batch_size": batch_size,

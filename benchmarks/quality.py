@@ -179,9 +179,7 @@ def main() -> None:
                                     base_filters=None if args.model is not None else args.width,
                                     **({"members": members} if members else {}))
     report = {
-        "command": "python benchmarks/quality.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
-            for k, v in vars(args).items() if v is not False and v is not None),
+        "command": training.command_line("benchmarks/quality.py", args),
         "machine": f"{platform.node()} {platform.machine()}, {training.describe_device()}",
         "keras": keras.__version__, "helpers": helpers.__version__,
         "patients": split["split"].value_counts().to_dict(),

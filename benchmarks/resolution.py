@@ -83,8 +83,7 @@ def main() -> None:
                          "lowest_patient_dice": round(float(per_patient.min()), 4),
                          "lowest_patient": per_patient.idxmin()})
     report = {
-        "command": f"python benchmarks/resolution.py --data-dir {args.data_dir} --out {args.out} "
-                   f"--sizes {' '.join(map(str, args.sizes))} --seed {args.seed}",
+        "command": training.command_line("benchmarks/resolution.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "what": "Dice of the ground truth against itself after a round trip through the input size "
                 "(nearest neighbour down, bilinear up, threshold 0.5): the most a model at that size can score",

@@ -72,8 +72,7 @@ def main() -> None:
         print(row, flush=True)
         keras.backend.clear_session()
     report = {
-        "command": "python benchmarks/robustness.py --models " + " ".join(map(str, args.models))
-                   + f" --data-dir {args.data_dir} --out {args.out} --grey-level {args.grey_level}",
+        "command": training.command_line("benchmarks/robustness.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "scored_on": "validation patients (threshold 0.5, model input size), never the test patients",
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),

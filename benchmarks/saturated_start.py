@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from helpers import data, preprocessing
+from helpers import data, preprocessing, training
 from helpers.losses import DiceBCELoss, DiceScore, soft_dice
 from helpers.model import build_resunet
 
@@ -98,8 +98,8 @@ def main() -> None:
         "train_slices": len(x), "val_slices": len(x_val),
         "train_share_without_tumour": float((y.reshape(len(y), -1).max(axis=1) == 0).mean()),
         "epochs": epochs,
-        "command": f"KERAS_BACKEND={keras.backend.backend()} python benchmarks/saturated_start.py --loss {args.loss}"
-                   f" --epochs {args.epochs} --seed {args.seed}",
+        "command": training.command_line("benchmarks/saturated_start.py", args,
+                                         prefix=f"KERAS_BACKEND={keras.backend.backend()}"),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

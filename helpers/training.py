@@ -507,6 +507,35 @@ def describe_device() -> str:
     return f"CPU only ({os.cpu_count()} cores)"
 
 
+def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                 prefix: str = "") -> str:
+    """The command that reruns a script with the arguments it was given, for its report.
+
+    Every option is written out, defaults included, so the command still
+    means the same when a default changes later.
+
+    Args:
+        script: the script as run from the repository root, e.g.
+            ``"benchmarks/quality.py"``, with a sub-command after it if any.
+        arguments: the ``argparse.Namespace`` the script parsed.
+        positional: names of positional arguments (written bare, in order).
+        skip: names of arguments left out (a sub-command's own name, say).
+        prefix: written before ``python``, e.g. ``"KERAS_BACKEND=jax"``.
+
+    Returns:
+        One line: switches that are on appear bare, off or unset ones not at
+        all, lists as their values separated by spaces.
+    """
+    parts = [f"{prefix} python {script}".strip()]
+    for name, value in vars(arguments).items():
+        if name in skip or value is None or value is False:
+            continue
+        text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        option = "--" + name.replace("_", "-")
+        parts.append(text if name in positional else option if value is True else f"{option} {text}")
+    return " ".join(parts)
+
+
 def export_model(source: str | Path, destination: str | Path) -> Path:
     """Save a trained model without its optimizer state, for inference.
 

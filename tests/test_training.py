@@ -23,7 +23,7 @@ import tensorflow as tf
 from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
-from helpers.training import compile_model, prepare_run, steps_per_epoch, train
+from helpers.training import command_line, compile_model, prepare_run, steps_per_epoch, train
 
 SIZE = 32
 
@@ -440,3 +440,24 @@ def test_uint8_batches_train_a_standardising_model_and_are_refused_without_one(s
     # A ResUNet nested in another model still standardises: accepted.
     wrapped = compile_model(keras.Sequential([keras.Input((SIZE, SIZE, 3)), model]))
     assert len(train(wrapped, as_bytes, as_floats, tmp_path / "wrapped", epochs=1)) == 1
+
+
+def test_command_line_reruns_the_script_with_the_same_arguments():
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out", default="artifacts/x")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
+    parser.add_argument("--soft-masks", action="store_true")
+    parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--init-seed", type=int, default=None)
+    parser.add_argument("--rate", type=float, default=1e-3)
+    arguments = parser.parse_args(["a", "b", "--soft-masks", "--sizes", "64"])
+    command = command_line("benchmarks/x.py", arguments, positional=("runs",), prefix="KERAS_BACKEND=jax")
+    assert command == ("KERAS_BACKEND=jax python benchmarks/x.py a b --out artifacts/x --sizes 64 --soft-masks "
+                       "--rate 0.001")
+    words = shlex.split(command)
+    assert words[:3] == ["KERAS_BACKEND=jax", "python", "benchmarks/x.py"]
+    assert parser.parse_args(words[3:]) == arguments
