@@ -8,10 +8,14 @@ resizes it (nearest neighbour, ``helpers.data.resize_slice``), taken as a
 perfect prediction of 0/1 probabilities, resized back to the slice's size
 as ``helpers.evaluation.predict_probabilities`` resizes probabilities
 (bilinear), thresholded at 0.5, and scored against the original mask.
+It does so twice: with hard masks (0/1, nearest neighbour), what training
+has used by default, and with soft ones (each pixel the share of it the
+tumour covers, area averaging: ``quality.py --soft-masks``), what a network
+trained on soft targets would predict at best.
 
 Writes ``resolution.json`` under ``--out``: for each size and each side of
-the quality benchmark's split (seed 42), the mean per-patient Dice of that
-perfect prediction and its lowest patient. No model is trained or chosen
+the quality benchmark's split (seed 42) and each form of target, the mean
+per-patient Dice of that perfect prediction and its lowest patient. No model is trained or chosen
 here; the figures bound what any model at that size can score.
 
     python benchmarks/resolution.py --data-dir ../shared/lgg --out artifacts/resolution
@@ -32,12 +36,14 @@ from tqdm.auto import tqdm
 from helpers import data, evaluation, metrics, preprocessing, training
 
 
-def round_trip(masks: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
+def round_trip(masks: np.ndarray, size: int, soft: bool = False, batch_size: int = 256) -> np.ndarray:
     """Masks drawn on a ``size`` grid and brought back to their own size.
 
     Args:
         masks: uint8 (N, H, W), values 0/1.
         size: the model's input height and width.
+        soft: resize down by area averaging (fractions), as the soft
+            training targets are, instead of nearest neighbour (0/1).
         batch_size: slices resized at once.
 
     Returns:
@@ -48,8 +54,11 @@ def round_trip(masks: np.ndarray, size: int, batch_size: int = 256) -> np.ndarra
     for start in range(0, len(masks), batch_size):
         batch = masks[start:start + batch_size]
         # resize_slice, the caches' own resizing, takes an image with each mask; only the mask is kept.
-        small = np.stack([data.resize_slice(np.zeros((height, width, 1), np.uint8), m, size)[1] for m in batch])
-        back = tf.image.resize(small[..., None].astype(np.float32), (height, width), method="bilinear")
+        small = np.stack([data.resize_slice(np.zeros((height, width, 1), np.uint8), m, size, soft_mask=soft)[1]
+                          for m in batch]).astype(np.float32)
+        if soft:
+            small /= data.SOFT_MASK_LEVELS
+        back = tf.image.resize(small[..., None], (height, width), method="bilinear")
         out[start:start + batch_size] = evaluation.binarize(np.asarray(back)[..., 0], threshold=0.5)
     return out
 
@@ -71,14 +80,15 @@ def main() -> None:
     sides["all"] = np.ones(len(patients), dtype=bool)
 
     rows = []
-    for size in tqdm(args.sizes, desc="Sizes"):
-        perfect = round_trip(masks, size)
+    for size, targets in tqdm([(size, targets) for size in args.sizes for targets in ("hard", "soft")],
+                              desc="Sizes and targets"):
+        perfect = round_trip(masks, size, soft=targets == "soft")
         for side, keep in sides.items():
             per_patient = pd.Series({
                 patient: metrics.dice_score(masks[patients == patient], perfect[patients == patient])
                 for patient in np.unique(patients[keep])
             })
-            rows.append({"size": size, "split": side, "patients": len(per_patient),
+            rows.append({"size": size, "targets": targets, "split": side, "patients": len(per_patient),
                          "mean_patient_dice": round(float(per_patient.mean()), 4),
                          "lowest_patient_dice": round(float(per_patient.min()), 4),
                          "lowest_patient": per_patient.idxmin()})
@@ -86,14 +96,15 @@ def main() -> None:
         "command": training.command_line("benchmarks/resolution.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "what": "Dice of the ground truth against itself after a round trip through the input size "
-                "(nearest neighbour down, bilinear up, threshold 0.5): the most a model at that size can score",
+                "(nearest neighbour (hard) or area averaging (soft) down, bilinear up, threshold 0.5): "
+                "the most a model at that size, trained on such targets, can score",
         "slices": int(len(masks)),
         "results": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "resolution.json").write_text(json.dumps(report, indent=2))
-    table = pd.DataFrame(rows).pivot(index="size", columns="split", values="mean_patient_dice")
+    table = pd.DataFrame(rows).pivot(index=["size", "targets"], columns="split", values="mean_patient_dice")
     print(table[["train", "val", "test", "all"]].to_string())
 
 

@@ -108,10 +108,13 @@ def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "resolution.json").read_text())
-    rows = pd.DataFrame(report["results"]).set_index(["size", "split"])
+    rows = pd.DataFrame(report["results"]).set_index(["size", "targets", "split"])
     assert set(rows.index.get_level_values("split")) == {"train", "val", "test", "all"}
-    assert rows.loc[(256, "all"), "patients"] == 20 and report["slices"] == 60
-    # at the slices' own size nothing is lost; on a 16-pixel grid the synthetic tumours' edges are
-    assert rows.loc[(256, "all"), "mean_patient_dice"] == 1.0
-    assert 0.0 < rows.loc[(16, "all"), "mean_patient_dice"] < 0.99
+    assert set(rows.index.get_level_values("targets")) == {"hard", "soft"}
+    assert rows.loc[(256, "hard", "all"), "patients"] == 20 and report["slices"] == 60
+    # at the slices' own size nothing is lost; on a 16-pixel grid the synthetic tumours' edges are,
+    # less of them when each small pixel keeps the share of it the tumour covers
+    assert rows.loc[(256, "hard", "all"), "mean_patient_dice"] == rows.loc[(256, "soft", "all"), "mean_patient_dice"] == 1.0
+    hard, soft = (rows.loc[(16, targets, "all"), "mean_patient_dice"] for targets in ("hard", "soft"))
+    assert 0.0 < hard < soft < 0.99
     assert (rows.loc[16, "lowest_patient_dice"] <= rows.loc[16, "mean_patient_dice"]).all()
