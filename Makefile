@@ -45,7 +45,7 @@ demo: install  ## notebooks 01-05 on synthetic data, in a few minutes
 	  EXTRA="-p SYNTHETIC True -p INPUT_SIZE 64 -p BASE_FILTERS 16 -p EPOCHS 8 -p TIME_BUDGET_MINUTES 0 $(EXTRA)"
 
 test: install  ## unit tests and every notebook run by papermill
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 lint: install  ## ruff over the package, tests and notebooks; no notebook with outputs
 	$(BIN)/ruff check helpers tests benchmarks notebooks
@@ -54,7 +54,7 @@ lint: install  ## ruff over the package, tests and notebooks; no notebook with o
 bench: install  ## input pipeline, manifest and inference speed, JSON under artifacts/bench
 	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
 	$(BIN)/python benchmarks/pipeline_stages.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
-	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
 	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
 
 quality: install  ## train the CPU profile on real data and score held-out patients

@@ -81,6 +81,8 @@ def main() -> None:
                         help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split; "
                              "several: score the mean of their probabilities, saved as one model in --out")
     args = parser.parse_args()
+    if args.soft_masks and args.model is not None:
+        raise SystemExit("--soft-masks sets the training targets: it has no meaning with --model, which trains nothing.")
     for path in args.model or []:
         if not path.is_file():
             raise SystemExit(f"{path}: no such model; give a .keras file saved by notebook 04 or this script.")
@@ -105,6 +107,9 @@ def main() -> None:
     if args.model is not None:
         history, train_seconds = None, None
     elif args.evaluate_only:
+        if not (run_dir / "history.csv").is_file():
+            raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
+                             f"(the same command without --evaluate-only).")
         history = pd.read_csv(run_dir / "history.csv")
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
@@ -115,8 +120,8 @@ def main() -> None:
         train_images, train_masks, _ = small["train"]
         mask_levels = 1
         if args.soft_masks:
-            train_masks = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache,
-                                                        soft_masks=True)["train"][1]
+            train_masks = data.load_arrays(small["train"][2], size=args.input_size, cache_dir=cache,
+                                           soft_masks=True)[1]
             mask_levels = data.SOFT_MASK_LEVELS
         val_images, val_masks, val_rows = small["val"]
         # The standardisation layer takes 0-255 bytes as they are (make_dataset's image_dtype).

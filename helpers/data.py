@@ -904,7 +904,9 @@ def check_split_leakage(split: pd.DataFrame) -> None:
     sides = split.groupby("patient")["split"].nunique()
     leaked = sorted(sides[sides > 1].index)
     if leaked:
-        raise DatasetError(f"Patients on more than one side of the split: {leaked}")
+        raise DatasetError(f"Patients on more than one side of the split: {leaked}. The split file "
+                           "(ARTIFACTS_DIR/split.csv) was edited or mixed with another: run notebook "
+                           "02_preprocessing again to write a new one.")
 
 
 def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:

@@ -83,7 +83,8 @@ def predict_probabilities(
         ValueError: if the images are not (N, H, W, 3).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}.")
+        raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}: pass a batch of RGB "
+                         "slices as helpers.data.load_arrays gives them (one slice: images[None]).")
     size = model.input_shape[1]
     height, width = images.shape[1:3]
     outputs = np.empty(images.shape[:3], dtype=np.float32)
@@ -144,9 +145,12 @@ def stacks(patients: np.ndarray, slice_numbers: np.ndarray | None = None) -> lis
             in slice order.
         slice_numbers: the slice number of each row (the manifest's
             ``slice``), or ``None`` to take each patient's rows as one
-            unbroken stack. Where a number is skipped (a slice dropped by
-            validation, say), the stack is cut, so that slices two apart
-            are not taken for neighbours.
+            unbroken stack. A stack is cut where the step between two rows
+            is more than twice the patient's usual (median) step: where
+            more than one slice in a row is missing. One missing slice (a
+            slice dropped by validation, say) does not cut it, since a
+            tumour goes on across it, and halves of a tumour could each
+            fall below the smallest size kept.
 
     Returns:
         Arrays of row indices, one per stack.
@@ -158,7 +162,8 @@ def stacks(patients: np.ndarray, slice_numbers: np.ndarray | None = None) -> lis
         if slice_numbers is None or len(rows) < 2:
             result.append(rows)
             continue
-        gaps = np.flatnonzero(np.diff(np.asarray(slice_numbers)[rows]) != 1) + 1
+        steps = np.diff(np.asarray(slice_numbers, dtype=float)[rows])
+        gaps = np.flatnonzero(steps > 2 * np.median(steps)) + 1
         result.extend(np.split(rows, gaps))
     return result
 
@@ -178,7 +183,7 @@ def remove_small_volumes(masks: np.ndarray, patients: np.ndarray, min_volume_pix
             must be consecutive and in slice order.
         min_volume_pixels: smallest component kept; 0 keeps all.
         slice_numbers: the slice number of each row; where given, a stack
-            is cut where a number is missing (see ``stacks``).
+            is cut where more than one slice in a row is missing (see ``stacks``).
 
     Returns:
         uint8 (N, H, W), values 0 and 1.
@@ -198,6 +203,14 @@ def postprocess(probabilities: np.ndarray, patients: np.ndarray, threshold: floa
                 min_component_pixels: int = 0, min_volume_pixels: int = 0,
                 slice_numbers: np.ndarray | None = None) -> np.ndarray:
     """``binarize`` each slice, then ``remove_small_volumes`` over each patient's stack.
+
+    Args:
+        probabilities: float (N, H, W), values 0-1.
+        patients: the patient of each slice (consecutive, in slice order).
+        threshold: probability above which a pixel is tumour.
+        min_component_pixels: smallest region kept on a slice; 0 keeps all.
+        min_volume_pixels: smallest region kept over a patient's stack; 0 keeps all.
+        slice_numbers: the slice number of each row, or ``None`` (see ``stacks``).
 
     Returns:
         uint8 (N, H, W), values 0 and 1.
@@ -230,7 +243,7 @@ def choose_postprocessing(
         min_volumes: candidate minimum component sizes in pixels over a
             patient's stack (see ``remove_small_volumes``).
         slice_numbers: the slice number of each row, so that stacks are
-            cut where slices are missing (see ``stacks``).
+            cut where several slices are missing (see ``stacks``).
 
     Returns:
         The best ``{"threshold", "min_component_pixels", "min_volume_pixels"}``
@@ -351,7 +364,8 @@ def single_slice_choice(candidates: pd.DataFrame) -> dict:
             "val_dice_per_patient": float(best["val_dice_per_patient"])}
 
 
-def write_model_settings(path: str | Path, single_slice: dict, val_patients, **facts) -> Path:
+def write_model_settings(path: str | Path, single_slice: dict, val_patients, scored_size: int = 256,
+                         **facts) -> Path:
     """Write the settings chosen for single slices beside a model, as ``<model>.json``.
 
     ``helpers.inference.recommended_settings`` reads them, so notebook 06,
@@ -364,6 +378,10 @@ def write_model_settings(path: str | Path, single_slice: dict, val_patients, **f
         single_slice: ``threshold``, ``min_component_pixels`` and
             ``val_dice_per_patient`` (``single_slice_choice``).
         val_patients: the validation patients they were chosen on.
+        scored_size: the height and width of the slices they were chosen
+            on. The smallest region is written as pixels of a 256x256 slice
+            (``helpers.inference.REFERENCE_PIXELS``), as ``segment`` reads
+            it, so a region size chosen at another size is converted.
         **facts: more entries to record first, such as ``input_size``.
 
     Returns:
@@ -371,11 +389,14 @@ def write_model_settings(path: str | Path, single_slice: dict, val_patients, **f
     """
     import json
 
+    from helpers.inference import REFERENCE_PIXELS
+
     path = Path(path)
+    region = round(int(single_slice["min_component_pixels"]) * REFERENCE_PIXELS / scored_size**2)
     path.write_text(json.dumps({
         **facts,
         "single_slice": {"threshold": float(single_slice["threshold"]),
-                         "min_component_pixels": int(single_slice["min_component_pixels"]),
+                         "min_component_pixels": region,
                          "val_dice_per_patient": float(single_slice["val_dice_per_patient"])},
         "chosen_on": "validation patients", "val_patients": sorted(set(val_patients)),
     }, indent=2))

@@ -20,7 +20,7 @@ try:
 except ImportError:  # Keras on JAX or PyTorch: the NumPy and OpenCV functions still work.
     tf = None
 
-from helpers.data import check_split_leakage
+from helpers.data import DatasetError, check_split_leakage
 
 SPLITS = ("train", "val", "test")
 
@@ -428,13 +428,14 @@ def split_stacked(stack: np.ndarray, scale: bool = True, mask_levels: int = 1) -
     and 0/1), a quarter of the bytes, for a model that standardises each
     slice itself (``make_dataset(image_dtype="uint8")``).
 
-    Soft masks (``mask_levels`` > 1, 0 to ``mask_levels``) are always
+    Soft masks (``mask_levels`` other than 1, 0 to ``mask_levels``) are always
     divided into float32 fractions, whatever ``scale`` says: a loss cannot
     tell 255 from 1.
 
     Args:
         stack: uint8 (B, H, W, C + 1), image channels (0-255) then the mask
-            (0/1); any memory layout (a copy is made if needed).
+            (0/1, or 0 to ``mask_levels``); any memory layout (a copy is
+            made if needed).
         scale: cast to float32 and scale the image to [0, 1]; ``False``
             keeps uint8.
         mask_levels: the value of a full tumour pixel in the mask: 1 for
@@ -502,7 +503,7 @@ def stack_with_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
     Args:
         images: uint8 (N, H, W, C), values 0-255.
-        masks: uint8 (N, H, W), values 0 and 1.
+        masks: uint8 (N, H, W), values 0 and 1 (or 0-255, soft).
 
     Returns:
         uint8 (N, H, W, C + 1), C-ordered.
@@ -545,7 +546,8 @@ def make_dataset(
 
     Args:
         images: uint8 array (N, H, W, 3), values 0-255, in memory or mapped.
-        masks: uint8 array (N, H, W), values 0 and 1, in memory or mapped.
+        masks: uint8 array (N, H, W), values 0 and 1 (0 to ``mask_levels``
+            for soft masks), in memory or mapped.
         batch_size: slices per batch.
         training: shuffle, repeat-free epochs, and augment.
         augment: apply augmentation when ``training``.
@@ -578,24 +580,28 @@ def make_dataset(
     Returns:
         A dataset of (image float32 (B, H, W, 3) in [0, 1], mask float32
         (B, H, W, 1) in {0, 1}); with ``image_dtype="uint8"``, both uint8.
+        Soft masks come as float32 fractions in [0, 1] either way.
 
     Raises:
-        ValueError: if ``image_dtype`` is neither ``"float32"`` nor ``"uint8"``.
+        ValueError: if ``image_dtype`` is neither ``"float32"`` nor
+            ``"uint8"``, or if the masks' values do not match ``mask_levels``
+            (soft masks given as 0/1 ones, or the other way round).
     """
     require_tensorflow("make_dataset")
     if image_dtype not in ("float32", "uint8"):
         raise ValueError(f"image_dtype={image_dtype!r}: use 'float32' (scaled to [0, 1]) or 'uint8' (0-255 as stored).")
+    # Each slice's largest mask value, in chunks, so that memory-mapped masks are never read whole into memory.
+    slice_top = np.zeros(len(masks), dtype=np.uint8)
+    for start in range(0, len(masks), 256):
+        chunk = np.asarray(masks[start:start + 256])
+        slice_top[start:start + len(chunk)] = chunk.reshape(len(chunk), -1).max(axis=1)
+    _check_mask_levels(int(slice_top.max(initial=0)), mask_levels)
     scale = image_dtype == "float32"
     out_type = tf.float32 if scale else tf.uint8
     mask_type = tf.float32 if scale or mask_levels != 1 else tf.uint8
     indices = np.arange(len(images))
     if training and oversample_tumour > 0:
-        # In chunks, so that memory-mapped masks are never read whole into memory.
-        has_tumour = np.zeros(len(masks), dtype=bool)
-        for start in range(0, len(masks), 256):
-            chunk = np.asarray(masks[start:start + 256])
-            has_tumour[start:start + len(chunk)] = chunk.reshape(len(chunk), -1).max(axis=1) > 0
-        tumour = indices[has_tumour]
+        tumour = indices[slice_top > 0]
         extra = np.random.default_rng(seed).choice(
             tumour, size=int(round(len(tumour) * oversample_tumour)), replace=True
         )
@@ -660,6 +666,19 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+def _check_mask_levels(top: int, mask_levels: int) -> None:
+    """Refuse masks whose largest value ``top`` does not fit ``mask_levels`` (see ``make_dataset``)."""
+    if mask_levels < 1:
+        raise ValueError(f"mask_levels={mask_levels}: use 1 for 0/1 masks, "
+                         "helpers.data.SOFT_MASK_LEVELS for soft ones.")
+    if top > mask_levels:
+        raise ValueError(f"The masks hold values up to {top}, above mask_levels={mask_levels}: soft masks "
+                         "(load_arrays(soft_masks=True)) take mask_levels=helpers.data.SOFT_MASK_LEVELS.")
+    if mask_levels > 1 and top == 1:
+        raise ValueError(f"The masks hold only 0 and 1, but mask_levels={mask_levels} would read 1 as a sliver of "
+                         "tumour: 0/1 masks take mask_levels=1.")
+
+
 def arrays_by_split(
     manifest: pd.DataFrame,
     split: pd.DataFrame,
@@ -690,7 +709,8 @@ def arrays_by_split(
 
     Returns:
         ``{"train": (images, masks, rows), "val": ..., "test": ...}``: uint8
-        images (N, size, size, 3), uint8 masks (N, size, size) 0/1, and the
+        images (N, size, size, 3), uint8 masks (N, size, size) 0/1 (0 to
+        ``helpers.data.SOFT_MASK_LEVELS`` with ``soft_masks``), and the
         N manifest rows in the same order; ``np.memmap`` arrays when not in
         memory.
     """
@@ -725,8 +745,12 @@ def load_split(artifacts_dir) -> pd.DataFrame:
 
     from helpers.data import require_artifact
 
-    split = pd.read_csv(require_artifact(Path(artifacts_dir) / "split.csv", "02_preprocessing"))
-    check_split_leakage(split)
+    path = require_artifact(Path(artifacts_dir) / "split.csv", "02_preprocessing")
+    split = pd.read_csv(path)
+    try:
+        check_split_leakage(split)
+    except DatasetError as error:
+        raise DatasetError(f"{path}: {error}") from None
     return split
 
 

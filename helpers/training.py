@@ -511,8 +511,9 @@ def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip:
                  prefix: str = "") -> str:
     """The command that reruns a script with the arguments it was given, for its report.
 
-    Every option is written out, defaults included, so the command still
-    means the same when a default changes later.
+    Every option given a value is written out, defaults included, so the
+    command still means the same when a default changes later; options left
+    unset (``None``) and switches left off are left out, as they were not given.
 
     Args:
         script: the script as run from the repository root, e.g.
@@ -523,14 +524,16 @@ def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip:
         prefix: written before ``python``, e.g. ``"KERAS_BACKEND=jax"``.
 
     Returns:
-        One line: switches that are on appear bare, off or unset ones not at
-        all, lists as their values separated by spaces.
+        One line for a POSIX shell: switches that are on appear bare, lists
+        as their values separated by spaces, each value quoted where needed.
     """
+    import shlex
+
     parts = [f"{prefix} python {script}".strip()]
     for name, value in vars(arguments).items():
         if name in skip or value is None or value is False:
             continue
-        text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        text = " ".join(shlex.quote(str(item)) for item in (value if isinstance(value, list | tuple) else [value]))
         option = "--" + name.replace("_", "-")
         parts.append(text if name in positional else option if value is True else f"{option} {text}")
     return " ".join(parts)

@@ -151,22 +151,24 @@ def test_remove_small_volumes_keeps_regions_that_span_slices():
     np.testing.assert_array_equal(postprocess(probabilities, patients, 0.5, 0, 5), expected)
 
 
-def test_a_missing_slice_cuts_the_stack_the_3d_filter_sees():
+def test_the_3d_filter_cuts_a_stack_only_where_several_slices_are_missing():
     from helpers.evaluation import postprocess, remove_small_volumes, stacks
 
-    masks = np.zeros((3, 8, 8), np.uint8)
-    masks[:, 2:4, 2:4] = 1  # 4 pixels on each of three rows of one patient
-    patients = np.array(["a", "a", "a"])
-    # Slices 1, 2, 3: one region of 12 pixels, kept.
-    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10, np.array([1, 2, 3])), masks)
-    # Slices 1, 2, 5 (3 and 4 dropped): a region of 8 and one of 4, neither kept.
-    cut = remove_small_volumes(masks, patients, 5, np.array([1, 2, 5]))
-    np.testing.assert_array_equal(cut, np.concatenate([masks[:2], np.zeros_like(masks[2:])]))
-    np.testing.assert_array_equal(postprocess(masks * 0.9, patients, 0.5, 0, 5, np.array([1, 2, 5])), cut)
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[:, 2:4, 2:4] = 1  # 4 pixels on each of four rows of one patient: 16 in all
+    patients = np.array(["a"] * 4)
+    # Slices 1-4, or 1, 2, 4, 5 (one slice dropped): one region of 16 pixels, kept at 10.
+    for numbers in ([1, 2, 3, 4], [1, 2, 4, 5], [2, 4, 6, 8]):
+        np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10, np.array(numbers)), masks)
+    # Slices 1, 2, 5, 6 (3 and 4 missing): two regions of 8 pixels, neither kept at 10, both at 8.
+    gapped = np.array([1, 2, 5, 6])
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10, gapped), np.zeros_like(masks))
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 8, gapped), masks)
+    np.testing.assert_array_equal(postprocess(masks * 0.9, patients, 0.5, 0, 10, gapped), np.zeros_like(masks))
     # Without slice numbers, the rows are taken as neighbours, as before.
-    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 5), masks)
-    assert [rows.tolist() for rows in stacks(np.array(["a", "a", "b", "b"]), np.array([4, 6, 1, 2]))] == \
-        [[0], [1], [2, 3]]
+    np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10), masks)
+    assert [rows.tolist() for rows in stacks(np.array(["a"] * 4 + ["b"] * 2), np.array([1, 2, 5, 6, 1, 2]))] == \
+        [[0, 1], [2, 3], [4, 5]]
 
 
 def test_missing_model_file_names_the_notebook_that_writes_it(tmp_path):
@@ -214,6 +216,9 @@ def test_single_slice_settings_skip_flips_and_volume_filters_and_reach_inference
     assert written == tmp_path / "model.json"
     assert recommended_settings(model_path) == {"threshold": 0.4, "min_component_pixels": 30}
     assert json.loads(written.read_text())["val_patients"] == ["P1", "P2"]
+    # Chosen on 512x512 slices, 30 pixels are 7.5 of a 256x256 slice, the size segment counts in.
+    write_model_settings(model_path.with_suffix(".json"), choice, ["P1"], scored_size=512)
+    assert recommended_settings(model_path)["min_component_pixels"] == 8
 
 
 def test_example_slices_show_best_median_and_worst_patients_at_their_largest_area():

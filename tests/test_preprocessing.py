@@ -489,13 +489,32 @@ def test_pipeline_delivers_soft_masks_as_fractions(synthetic_arrays, image_dtype
     assert evaluation.element_spec[1].dtype == tf.float32
     got = np.concatenate([masks for _, masks in evaluation.as_numpy_iterator()])
     np.testing.assert_allclose(got[..., 0], hard * (128 / 255), rtol=1e-6)
-    # Training: warped soft masks stay fractions in [0, 1], and oversampling still finds the tumour slices.
-    training = make_dataset(images, soft, batch_size=4, training=True, image_dtype=image_dtype, mask_levels=255,
-                            oversample_tumour=1.0, rotate_zoom_probability=1.0)
-    delivered = [masks for _, masks in training.as_numpy_iterator()]
-    values = np.concatenate([masks.ravel() for masks in delivered])
+    # Training, flips only: each mask delivered is one of the soft masks, as it is or mirrored, and
+    # oversampling still finds the tumour slices.
+    expected = hard * np.float32(128 / 255)
+    flipped = make_dataset(images, soft, batch_size=4, training=True, image_dtype=image_dtype, mask_levels=255,
+                           oversample_tumour=1.0, rotate_zoom_probability=0.0)
+    delivered = np.concatenate([masks[..., 0] for _, masks in flipped.as_numpy_iterator()])
+    assert len(delivered) == 12 + int(hard.reshape(12, -1).max(axis=1).sum())
+    for mask in delivered:
+        assert any(np.allclose(mask, candidate) or np.allclose(mask, candidate[:, ::-1]) for candidate in expected)
+    # Rotated and zoomed: the warp blends soft values (no threshold) and keeps them in [0, 128/255].
+    warped = make_dataset(images, soft, batch_size=4, training=True, image_dtype=image_dtype, mask_levels=255,
+                          rotate_zoom_probability=1.0)
+    values = np.concatenate([masks.ravel() for _, masks in warped.as_numpy_iterator()])
     assert values.min() >= 0.0 and values.max() <= 128 / 255 + 1e-6
-    assert sum(len(masks) for masks in delivered) == 12 + int(hard.reshape(12, -1).max(axis=1).sum())
+    assert np.any((values > 0.01) & (values < 0.49))  # blended edges, not 0 or the full 128/255
+    assert values.sum() == pytest.approx(expected.sum(), rel=0.3)  # zoom 0.9-1.1 moves area by at most ~21%
+
+
+def test_pipeline_refuses_masks_that_do_not_match_their_levels(synthetic_arrays):
+    images, hard = synthetic_arrays
+    with pytest.raises(ValueError, match="only 0 and 1.*mask_levels=1"):
+        make_dataset(images, hard, mask_levels=255)
+    with pytest.raises(ValueError, match="up to 255.*SOFT_MASK_LEVELS"):
+        make_dataset(images, hard * np.uint8(255))
+    with pytest.raises(ValueError, match="mask_levels=0"):
+        make_dataset(images, hard, mask_levels=0)
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -78,6 +78,26 @@ def test_quality_refuses_a_missing_model(tmp_path):
     assert result.returncode != 0 and "nowhere.keras: no such model" in result.stderr
 
 
+def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
+    """The training path with --soft-masks: one short epoch, then scored as any run, and rerunnable."""
+    work = scored.parent
+    result = run_script("quality.py", "--data-dir", "data", "--out", "soft", "--input-size", "32",
+                        "--epochs", "1", "--batch-size", "8", "--soft-masks", "--cache-dir", str(tmp_path / "cache"),
+                        cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((work / "soft" / "quality.json").read_text())
+    assert report["epochs_run"] == 1 and report["training_seconds"] > 0
+    assert " --soft-masks" in report["command"] and " --epochs 1 " in report["command"]
+    assert (work / "soft" / "model.keras").is_file() and 0.0 <= report["dice_per_patient_mean"] <= 1.0
+    # The training side was decoded a second time, with soft masks, into a cache of its own.
+    assert len(list((tmp_path / "cache").glob("slices_*"))) == 3  # 32 hard, 32 soft (training side), 256
+    refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
+    assert refused.returncode != 0 and "--soft-masks sets the training targets" in refused.stderr
+    missing = run_script("quality.py", "--data-dir", "data", "--out", "untrained", "--input-size", "32",
+                         "--evaluate-only", "--cache-dir", str(tmp_path / "cache"), cwd=work)
+    assert missing.returncode != 0 and "no training run to evaluate" in missing.stderr
+
+
 def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
     table = pd.read_csv(scored / "per_patient.csv")
     better = table.assign(dice=table["dice"] + 0.1)

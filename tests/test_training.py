@@ -454,9 +454,9 @@ def test_command_line_reruns_the_script_with_the_same_arguments():
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--init-seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=1e-3)
-    arguments = parser.parse_args(["a", "b", "--soft-masks", "--sizes", "64"])
+    arguments = parser.parse_args(["a", "b c", "--soft-masks", "--sizes", "64"])
     command = command_line("benchmarks/x.py", arguments, positional=("runs",), prefix="KERAS_BACKEND=jax")
-    assert command == ("KERAS_BACKEND=jax python benchmarks/x.py a b --out artifacts/x --sizes 64 --soft-masks "
+    assert command == ("KERAS_BACKEND=jax python benchmarks/x.py a 'b c' --out artifacts/x --sizes 64 --soft-masks "
                        "--rate 0.001")
     words = shlex.split(command)
     assert words[:3] == ["KERAS_BACKEND=jax", "python", "benchmarks/x.py"]
