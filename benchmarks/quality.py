@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--soft-masks", action="store_true",
                         help="train on masks resized by area averaging (fractions), not nearest neighbour; "
-                             "validation masks stay 0/1")
+                             "validation masks, which choose the checkpoint, stay 0/1 (the history's training "
+                             "'dice' is then against fractions and cannot reach 1)")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="input channels the network reads, e.g. 1 for FLAIR alone (default: all three)")
     parser.add_argument("--no-standardize", action="store_true",
