@@ -110,7 +110,7 @@ def main() -> None:
     elif args.evaluate_only:
         if not (run_dir / "history.csv").is_file():
             raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
-                             f"(the same command without --evaluate-only).")
+                             "(the same command without --evaluate-only).")
         history = pd.read_csv(run_dir / "history.csv")
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
@@ -118,10 +118,10 @@ def main() -> None:
                               standardize=not args.no_standardize, channels=args.channels)
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
                                bce_weight=args.bce_weight, ema_momentum=args.ema, miss_weight=args.miss_weight)
-        train_images, train_masks, _ = small["train"]
+        train_images, train_masks, train_rows = small["train"]
         mask_levels = 1
         if args.soft_masks:
-            train_masks = data.load_arrays(small["train"][2], size=args.input_size, cache_dir=cache,
+            train_masks = data.load_arrays(train_rows, size=args.input_size, cache_dir=cache,
                                            soft_masks=True)[1]
             mask_levels = data.SOFT_MASK_LEVELS
         val_images, val_masks, val_rows = small["val"]
