@@ -74,6 +74,10 @@ def main() -> None:
     parser.add_argument("--init-seed", type=int, default=None,
                         help="seed of shuffling, augmentation and initial weights only, keeping --seed's split: "
                              "a second run of one configuration on the same patients (default: --seed)")
+    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16"), default="float32",
+                        help="Keras dtype policy for training: mixed_bfloat16 computes in bfloat16 where the CPU "
+                             "supports it (AVX-512 BF16); the saved model is rebuilt in float32 either way, and "
+                             "scored so (default: %(default)s)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -81,12 +85,25 @@ def main() -> None:
     parser.add_argument("--model", type=Path, nargs="+", default=None,
                         help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split; "
                              "several: score the mean of their probabilities, saved as one model in --out")
+    parser.add_argument("--flair-only-members", type=int, nargs="+", default=None,
+                        help="with several --model: indices of those (from 0) whose mean alone answers for slices "
+                             "that are FLAIR copied into every channel, e.g. 1 for a member reading FLAIR alone "
+                             "(default: every slice gets the mean of all)")
     args = parser.parse_args()
-    if args.soft_masks and args.model is not None:
-        raise SystemExit("--soft-masks sets the training targets: it has no meaning with --model, which trains nothing.")
+    if args.flair_only_members is not None and len(args.model or []) < 2:
+        raise SystemExit("--flair-only-members routes FLAIR-only slices between models: give two or more with --model.")
+    for option, given in (("--soft-masks", args.soft_masks), ("--policy", args.policy != "float32")):
+        if given and args.model is not None:
+            raise SystemExit(f"{option} sets how the network trains: it has no meaning with --model, which trains "
+                             "nothing.")
     for path in args.model or []:
         if not path.is_file():
             raise SystemExit(f"{path}: no such model; give a .keras file saved by notebook 04 or this script.")
+
+    run_dir = Path(args.out) / "run"
+    if args.evaluate_only and args.model is None and not (run_dir / "history.csv").is_file():
+        raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
+                         "(the same command without --evaluate-only).")
 
     started = time.monotonic()
     out = Path(args.out)
@@ -104,16 +121,13 @@ def main() -> None:
     small = preprocessing.arrays_by_split(manifest, split, args.input_size, cache_dir=cache)
     full = preprocessing.arrays_by_split(manifest, split, 256, cache_dir=cache)
 
-    run_dir = out / "run"
     if args.model is not None:
         history, train_seconds = None, None
     elif args.evaluate_only:
-        if not (run_dir / "history.csv").is_file():
-            raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
-                             "(the same command without --evaluate-only).")
         history = pd.read_csv(run_dir / "history.csv")
         train_seconds = json.loads((run_dir / "training_time.json").read_text())["seconds"]
     else:
+        keras.mixed_precision.set_global_policy(args.policy)
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize, channels=args.channels)
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
@@ -141,16 +155,21 @@ def main() -> None:
             schedule=args.schedule,
         )
         train_seconds = time.monotonic() - train_started
+        keras.mixed_precision.set_global_policy("float32")
     if history is not None:
         plots.learning_curves(history).savefig(out / "learning_curve.png", dpi=100, bbox_inches="tight")
 
     # Several models are scored as one: the mean of their probabilities, saved in --out.
     members = [str(path) for path in args.model] if args.model is not None and len(args.model) > 1 else None
     if members:
-        average_models([evaluation.load_model(path) for path in members]).save(out / "model.keras")
+        average_models([evaluation.load_model(path) for path in members],
+                       flair_only_members=args.flair_only_members).save(out / "model.keras")
         model_path = out / "model.keras"
+    elif args.model is None:
+        # The trained network in float32 whatever it trained in: what the app and the notebooks load.
+        model_path = training.export_model(run_dir / "best.keras", out / "model.keras", dtype="float32")
     else:
-        model_path = args.model[0] if args.model else run_dir / "best.keras"
+        model_path = args.model[0]
     best = evaluation.load_model(model_path)
     val_full_images, val_full_masks, val_full_rows = full["val"]
     test_images, test_masks, test_rows = full["test"]
@@ -174,8 +193,6 @@ def main() -> None:
             slice_table.to_csv(out / "per_slice.csv", index=False)
             patient_table.to_csv(out / "per_patient.csv", index=False)
 
-    if args.model is None:
-        training.export_model(run_dir / "best.keras", out / "model.keras")
     # Settings for single slices (no flips, no patient stack), for the app and the command line.
     single, _ = evaluation.choose_on_validation(
         best, val_full_images, val_full_masks, val_full_rows["patient"].to_numpy(),
@@ -183,7 +200,9 @@ def main() -> None:
     evaluation.write_model_settings(out / "model.json", single, split.loc[split.split == "val", "patient"],
                                     input_size=int(best.input_shape[1]),
                                     base_filters=None if args.model is not None else args.width,
-                                    **({"members": members} if members else {}))
+                                    **({"members": members} if members else {}),
+                                    **({"flair_only_members": args.flair_only_members}
+                                       if args.flair_only_members else {}))
     report = {
         "command": training.command_line("benchmarks/quality.py", args),
         "machine": f"{platform.node()} {platform.machine()}, {training.describe_device()}",
@@ -193,6 +212,7 @@ def main() -> None:
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
         "model": str(model_path if args.model is not None else out / "model.keras"),
         "members": members,
+        "flair_only_members": args.flair_only_members,
         "epochs_run": None if history is None else int(len(history)),
         "best_epoch": None if history is None else int(history["val_patient_dice"].idxmax()) + 1,
         "val_patient_dice_best_epoch": None if history is None else float(history["val_patient_dice"].max()),

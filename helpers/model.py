@@ -143,6 +143,59 @@ class SelectChannels(layers.Layer):
         return {**super().get_config(), "channels": list(self.channels)}
 
 
+@keras.saving.register_keras_serializable(package="helpers")
+class RouteFlairOnly(layers.Layer):
+    """Choose, slice by slice, between two predictions by whether the slice is FLAIR only.
+
+    Four of the 68 patients here (TCGA_DU_7013, TCGA_FG_A60K, TCGA_HT_7877,
+    TCGA_HT_A61B) have no contrast scans: FLAIR is copied into all three
+    channels. A network that reads all three sequences loses most on such
+    slices (on the validation patients made FLAIR-only, the three-sequence
+    run 5 scores 0.689 against 0.789 as given), and one that reads FLAIR
+    alone does not. This layer gives FLAIR-only slices the second prediction
+    and the others the first. A slice counts as FLAIR only when each other
+    channel differs from FLAIR by at most ``tolerance`` of FLAIR's brightest
+    pixel on average over the slice: 0 on those four patients, at least 0.01
+    on every slice of the other 64, so the default 0.005 separates them with
+    room for a lossy copy.
+
+    Args:
+        flair_channel: index of FLAIR (1 in the dataset's slices).
+        tolerance: largest mean absolute difference from FLAIR, as a share
+            of FLAIR's peak, of a FLAIR-only slice.
+
+    Input: a list ``[images, ordinary, flair_only]``: the model's input
+    (B, H, W, C), any non-negative scale, and two predictions
+    (B, H', W', K) of the same shape.
+    Output: float32 (B, H', W', K), ``flair_only`` for FLAIR-only slices and
+    ``ordinary`` for the rest.
+    """
+
+    def __init__(self, flair_channel: int = 1, tolerance: float = 0.005, **kwargs):
+        super().__init__(**kwargs)
+        self.flair_channel = int(flair_channel)
+        self.tolerance = float(tolerance)
+
+    def call(self, inputs):
+        images, ordinary, flair_only = inputs
+        return ops.where(self.is_flair_only(images), ops.cast(flair_only, "float32"),
+                         ops.cast(ordinary, "float32"))
+
+    def is_flair_only(self, images):
+        """(B, 1, 1, 1) booleans: which slices of (B, H, W, C) are FLAIR copied into every channel."""
+        images = ops.cast(images, "float32")
+        flair = images[..., self.flair_channel:self.flair_channel + 1]
+        peak = ops.maximum(ops.max(flair, axis=(1, 2, 3), keepdims=True), 1e-6)
+        difference = ops.mean(ops.abs(images - flair), axis=(1, 2), keepdims=True)
+        return ops.max(difference, axis=-1, keepdims=True) <= self.tolerance * peak
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        return {**super().get_config(), "flair_channel": self.flair_channel, "tolerance": self.tolerance}
+
+
 def foreground_mask(images, foreground_channel: int | None = 1, foreground_fraction: float = 0.05):
     """The pixels ``SliceStandardization`` standardises over: the head.
 
@@ -346,7 +399,8 @@ def build_pretrained_resunet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.Model:
+def average_models(models: list[keras.Model], name: str = "ensemble",
+                   flair_only_members: list[int] | None = None) -> keras.Model:
     """One model whose output is the mean of several models' outputs.
 
     Averaging the probabilities of networks trained from different random
@@ -361,6 +415,10 @@ def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.M
             e.g. ResUNets trained with different ``--init-seed`` or
             ``--channels``.
         name: the ensemble's name.
+        flair_only_members: indices of the members whose mean alone answers
+            for slices that are FLAIR copied into every channel (those
+            reading FLAIR alone: they are not misled by the copies), chosen
+            by ``RouteFlairOnly``; ``None``: every slice gets the mean of all.
 
     Returns:
         An uncompiled model mapping (B, H, W, C) to the mean of the members'
@@ -368,13 +426,17 @@ def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.M
         named ``member0``, ``member1``, ..., without optimizer state.
 
     Raises:
-        ValueError: with fewer than two models, or shapes that differ.
+        ValueError: with fewer than two models, shapes that differ, or
+            ``flair_only_members`` empty or naming no member.
     """
     if len(models) < 2:
         raise ValueError(f"An ensemble needs at least two models, got {len(models)}.")
     shapes = {(tuple(m.input_shape), tuple(m.output_shape)) for m in models}
     if len(shapes) > 1:
         raise ValueError(f"Models to average must share input and output shapes, got {sorted(shapes)}.")
+    if flair_only_members is not None and (
+            not flair_only_members or not set(flair_only_members) <= set(range(len(models)))):
+        raise ValueError(f"flair_only_members must name members 0 to {len(models) - 1}, not {flair_only_members}.")
     inputs = keras.Input(shape=models[0].input_shape[1:], name="image")
     outputs = []
     for index, model in enumerate(models):
@@ -383,6 +445,11 @@ def average_models(models: list[keras.Model], name: str = "ensemble") -> keras.M
         member.set_weights(model.get_weights())
         outputs.append(member(inputs))
     averaged = layers.Average(dtype="float32", name="mean_probability")(outputs)
+    if flair_only_members is not None:
+        chosen = [outputs[index] for index in sorted(set(flair_only_members))]
+        flair_only = chosen[0] if len(chosen) == 1 else layers.Average(
+            dtype="float32", name="mean_probability_flair_only")(chosen)
+        averaged = RouteFlairOnly(dtype="float32", name="route_flair_only")([inputs, averaged, flair_only])
     return keras.Model(inputs, averaged, name=name)
 
 

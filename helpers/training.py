@@ -539,12 +539,15 @@ def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip:
     return " ".join(parts)
 
 
-def export_model(source: str | Path, destination: str | Path) -> Path:
+def export_model(source: str | Path, destination: str | Path, dtype: str | None = None) -> Path:
     """Save a trained model without its optimizer state, for inference.
 
     Args:
         source: a ``.keras`` checkpoint.
         destination: the ``.keras`` file to write.
+        dtype: a Keras dtype policy for every layer (``"float32"`` turns a
+            model trained under mixed precision into one that computes in
+            float32 on any machine); ``None`` keeps each layer's own.
 
     Returns:
         The destination path.
@@ -552,12 +555,32 @@ def export_model(source: str | Path, destination: str | Path) -> Path:
     trained = keras.models.load_model(source)
     # Rebuilt from its config, the model carries no optimizer (clone_model would
     # keep the compiled one, tripling the file with Adam's moment estimates).
-    clean = keras.Model.from_config(trained.get_config())
+    config = trained.get_config()
+    if dtype is not None:
+        config = _with_dtype_policy(config, dtype)
+    clean = keras.Model.from_config(config)
     clean.set_weights(trained.get_weights())
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     clean.save(destination)
     return destination
+
+
+def _with_dtype_policy(config, dtype: str):
+    """A copy of a model config computing in ``dtype`` wherever it used half precision.
+
+    Mixed-precision policies (``mixed_bfloat16``...) become ``dtype``, and so
+    do half-precision dtypes given as plain strings (the input layer's);
+    everything else, the float32 output layer included, is kept.
+    """
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config["config"]["name"]).startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": dtype}}
+        return {key: (dtype if key == "dtype" and value in ("bfloat16", "float16")
+                      else _with_dtype_policy(value, dtype)) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_with_dtype_policy(value, dtype) for value in config]
+    return config
 
 
 # Settings that may differ between a run and its resumption: where it runs and how long.

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 import helpers  # noqa: F401  (registers the custom loss and metric for loading)
-from helpers.model import SelectChannels, average_models, build_resunet, count_residual_additions
+from helpers.model import (
+    RouteFlairOnly,
+    SelectChannels,
+    average_models,
+    build_resunet,
+    count_residual_additions,
+)
 from helpers.training import compile_model
 
 
@@ -111,12 +117,55 @@ def test_average_of_models_is_the_mean_of_their_outputs_and_round_trips(tmp_path
     assert [layer.name for layer in loaded.layers] == ["image", "member0", "member1", "mean_probability"]
 
 
+def test_flair_only_slices_get_the_flair_members_mean_and_the_rest_the_mean_of_all(tmp_path):
+    rng = np.random.default_rng(5)
+    members = []
+    for _ in range(3):
+        model = build_resunet((16, 16, 3), base_filters=4, depth=2)
+        model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+        members.append(model)
+    ordinary = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    flair_only = np.repeat(rng.uniform(0, 255, (2, 16, 16, 1)), 3, axis=-1).astype(np.float32)
+    # A lossy copy (about 0.1% of the peak off FLAIR) still counts as FLAIR only.
+    flair_only[1, ..., 0] = np.clip(flair_only[1, ..., 0] + rng.choice([-1.0, 0.0, 1.0], (16, 16)) * 0.5, 0, 255)
+    images = np.concatenate([ordinary, flair_only])
+    outputs = [np.asarray(model(images, training=False)) for model in members]
+    routed = average_models(members, flair_only_members=[1, 2])
+    expected = np.concatenate([(outputs[0][:2] + outputs[1][:2] + outputs[2][:2]) / 3,
+                               (outputs[1][2:] + outputs[2][2:]) / 2])
+    np.testing.assert_allclose(np.asarray(routed(images, training=False)), expected, atol=1e-6)
+    assert np.abs(expected[2:] - sum(o[2:] for o in outputs) / 3).max() > 1e-4  # routing changed something
+    path = tmp_path / "routed.keras"
+    routed.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True by default
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected, atol=1e-6)
+    # One member alone answers for FLAIR-only slices; 0-1 inputs route as 0-255 do.
+    single = average_models(members[:2], flair_only_members=[1])
+    np.testing.assert_allclose(np.asarray(single(images / 255.0, training=False))[2:],
+                               np.asarray(members[1](images / 255.0, training=False))[2:], atol=1e-6)
+
+
+def test_flair_only_detection_on_the_datasets_kinds_of_slice():
+    rng = np.random.default_rng(6)
+    head = np.zeros((1, 32, 32, 1), np.float32)
+    head[:, 6:26, 6:26] = rng.uniform(40, 200, (1, 20, 20, 1))
+    copies = np.repeat(head, 3, axis=-1)
+    # Contrast scans that differ from FLAIR by 1% of its peak on average: not FLAIR only.
+    shifted = copies.copy()
+    shifted[..., 2] += 0.01 * head[..., 0].max()
+    black = np.zeros((1, 32, 32, 3), np.float32)
+    flags = np.asarray(RouteFlairOnly().is_flair_only(np.concatenate([copies, shifted, black]))).ravel()
+    assert flags.tolist() == [True, False, True]
+
+
 def test_average_of_models_refuses_one_model_or_different_shapes():
     small = build_resunet((16, 16, 3), base_filters=4, depth=2)
     with pytest.raises(ValueError, match="at least two"):
         average_models([small])
     with pytest.raises(ValueError, match="share input and output shapes"):
         average_models([small, build_resunet((32, 32, 3), base_filters=4, depth=2)])
+    with pytest.raises(ValueError, match="flair_only_members"):
+        average_models([small, small], flair_only_members=[2])
 
 
 def test_pretrained_encoder_variant_builds_without_weights_and_round_trips(tmp_path):

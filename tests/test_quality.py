@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pandas as pd
 import pytest
 
+import helpers  # noqa: F401  (registers the layers the saved models use)
 from helpers.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +73,17 @@ def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
     assert report["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
     assert "members" not in once or once["members"] is None
     assert json.loads((twice / "model.json").read_text())["members"] == [model, model]
+    # Routed: FLAIR-only slices to member 1 alone, which here is the same model, so again nothing moves.
+    result = run_script("quality.py", "--data-dir", "data", "--out", "routed", "--model", model, model,
+                        "--flair-only-members", "1", "--input-size", "32", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    routed = json.loads((work / "routed" / "quality.json").read_text())
+    assert routed["flair_only_members"] == [1] and " --flair-only-members 1" in routed["command"]
+    assert routed["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
+    assert json.loads((work / "routed" / "model.json").read_text())["flair_only_members"] == [1]
+    assert "route_flair_only" in [layer.name for layer in keras.models.load_model(work / "routed" / "model.keras").layers]
+    alone = run_script("quality.py", "--out", "alone", "--model", model, "--flair-only-members", "0", cwd=work)
+    assert alone.returncode != 0 and "give two or more with --model" in alone.stderr
 
 
 def test_quality_refuses_a_missing_model(tmp_path):
@@ -79,22 +92,29 @@ def test_quality_refuses_a_missing_model(tmp_path):
 
 
 def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
-    """The training path with --soft-masks: one short epoch, then scored as any run, and rerunnable."""
+    """The training path with --soft-masks, in bfloat16: one short epoch, then scored as any run, and rerunnable."""
     work = scored.parent
     result = run_script("quality.py", "--data-dir", "data", "--out", "soft", "--input-size", "32",
                         "--epochs", "1", "--batch-size", "8", "--soft-masks", "--cache-dir", str(tmp_path / "cache"),
-                        cwd=work)
+                        "--policy", "mixed_bfloat16", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((work / "soft" / "quality.json").read_text())
     assert report["epochs_run"] == 1 and report["training_seconds"] > 0
     assert " --soft-masks" in report["command"] and " --epochs 1 " in report["command"]
     assert (work / "soft" / "model.keras").is_file() and 0.0 <= report["dice_per_patient_mean"] <= 1.0
+    # Trained in bfloat16, saved and scored in float32: the checkpoint keeps the training policy.
+    assert " --policy mixed_bfloat16" in report["command"]
+    checkpoint = keras.models.load_model(work / "soft" / "run" / "best.keras")
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in checkpoint.layers}
+    exported = keras.models.load_model(work / "soft" / "model.keras")
+    assert {layer.dtype_policy.name for layer in exported.layers} == {"float32"}
+    assert exported.inputs[0].dtype == "float32"
     # The training side was decoded a second time, with soft masks, into a cache of its own.
     assert len(list((tmp_path / "cache").glob("slices_*"))) == 3  # 32 hard, 32 soft (training side), 256
     refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
-    assert refused.returncode != 0 and "--soft-masks sets the training targets" in refused.stderr
-    missing = run_script("quality.py", "--data-dir", "data", "--out", "untrained", "--input-size", "32",
-                         "--evaluate-only", "--cache-dir", str(tmp_path / "cache"), cwd=work)
+    assert refused.returncode != 0 and "--soft-masks sets how the network trains" in refused.stderr
+    # Said before any data is read: this data folder does not exist.
+    missing = run_script("quality.py", "--data-dir", "nowhere", "--out", "untrained", "--evaluate-only", cwd=work)
     assert missing.returncode != 0 and "no training run to evaluate" in missing.stderr
 
 
