@@ -30,6 +30,19 @@ def test_shipped_model_loads_safely_and_gives_probabilities():
     assert 0.0 <= result.probabilities.min() <= result.probabilities.max() <= 1.0
 
 
+def test_shipped_model_gives_flair_only_slices_to_its_flair_alone_member():
+    model = inference.load_default_model()
+    assert json.loads(SIDECAR.read_text())["flair_only_members"] == [1]
+    rng = np.random.default_rng(1)
+    flair = rng.integers(0, 256, size=(1, 128, 128, 1)).astype(np.float32)
+    copies = np.repeat(flair, 3, axis=-1)
+    ordinary = rng.integers(0, 256, size=(1, 128, 128, 3)).astype(np.float32)
+    members = [model.get_layer(f"member{index}") for index in range(2)]
+    np.testing.assert_allclose(model.predict_on_batch(copies), members[1].predict_on_batch(copies), atol=1e-6)
+    mean = (members[0].predict_on_batch(ordinary) + members[1].predict_on_batch(ordinary)) / 2
+    np.testing.assert_allclose(model.predict_on_batch(ordinary), mean, atol=1e-6)
+
+
 def test_shipped_settings_were_chosen_on_validation_patients():
     recorded = json.loads(SIDECAR.read_text())
     assert recorded["chosen_on"] == "validation patients"
