@@ -13,7 +13,9 @@ trained ``model.keras`` under ``--out``.
 ``--model PATH`` scores a model already trained (the shipped one, say) the
 same way, without training: post-processing chosen on the validation
 patients of this split, then the test patients. Its training facts are then
-null in ``quality.json``.
+null in ``quality.json``. With ``--flair-only-members``, slices whose three
+channels are all FLAIR go to the members named alone (the shipped model
+routes them to its FLAIR-alone member).
 """
 
 from __future__ import annotations

@@ -545,9 +545,10 @@ def export_model(source: str | Path, destination: str | Path, dtype: str | None 
     Args:
         source: a ``.keras`` checkpoint.
         destination: the ``.keras`` file to write.
-        dtype: a Keras dtype policy for every layer (``"float32"`` turns a
-            model trained under mixed precision into one that computes in
-            float32 on any machine); ``None`` keeps each layer's own.
+        dtype: a Keras dtype policy to put in place of every mixed one
+            (``"float32"`` turns a model trained in ``mixed_bfloat16`` into
+            one that computes in float32 on any machine; layers already in
+            float32 are kept); ``None`` keeps each layer's own.
 
     Returns:
         The destination path.
