@@ -77,9 +77,10 @@ def main() -> None:
                         help="seed of shuffling, augmentation and initial weights only, keeping --seed's split: "
                              "a second run of one configuration on the same patients (default: --seed)")
     parser.add_argument("--policy", choices=("float32", "mixed_bfloat16"), default="float32",
-                        help="Keras dtype policy for training: mixed_bfloat16 computes in bfloat16 where the CPU "
-                             "supports it (AVX-512 BF16); the saved model is rebuilt in float32 either way, and "
-                             "scored so (default: %(default)s)")
+                        help="Keras dtype policy for training: mixed_bfloat16 computes in bfloat16 (faster only "
+                             "on CPUs with AVX-512 BF16 or AMX, slower elsewhere); the checkpoint is chosen on "
+                             "validation scores computed in that policy, then saved and scored in float32 "
+                             "(default: %(default)s)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -92,8 +93,13 @@ def main() -> None:
                              "that are FLAIR copied into every channel, e.g. 1 for a member reading FLAIR alone "
                              "(default: every slice gets the mean of all)")
     args = parser.parse_args()
-    if args.flair_only_members is not None and len(args.model or []) < 2:
-        raise SystemExit("--flair-only-members routes FLAIR-only slices between models: give two or more with --model.")
+    if args.flair_only_members is not None:
+        if len(args.model or []) < 2:
+            raise SystemExit("--flair-only-members routes FLAIR-only slices between models: give two or more "
+                             "with --model.")
+        if not set(args.flair_only_members) <= set(range(len(args.model))):
+            raise SystemExit(f"--flair-only-members {args.flair_only_members}: give indices of --model, "
+                             f"0 to {len(args.model) - 1}.")
     for option, given in (("--soft-masks", args.soft_masks), ("--policy", args.policy != "float32")):
         if given and args.model is not None:
             raise SystemExit(f"{option} sets how the network trains: it has no meaning with --model, which trains "

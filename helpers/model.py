@@ -406,7 +406,8 @@ def average_models(models: list[keras.Model], name: str = "ensemble",
     Averaging the probabilities of networks trained from different random
     starts, or reading the slices differently (all three sequences, FLAIR
     alone), smooths out each one's mistakes: an ensemble. The shipped model
-    is the mean of two such ResUNets. The result is a single functional
+    is the mean of two such ResUNets, with FLAIR-only slices given to the one
+    reading FLAIR alone (``flair_only_members=[1]``). The result is a single functional
     model, so it saves to one ``.keras`` file and is used like any other;
     predicting costs the sum of its members.
 
@@ -422,12 +423,15 @@ def average_models(models: list[keras.Model], name: str = "ensemble",
 
     Returns:
         An uncompiled model mapping (B, H, W, C) to the mean of the members'
-        (B, H, W, num_classes) outputs, float32. The members are copies,
-        named ``member0``, ``member1``, ..., without optimizer state.
+        (B, H, W, num_classes) outputs, float32 (on FLAIR-only slices, with
+        ``flair_only_members``, the mean of those members only). The members
+        are copies, named ``member0``, ``member1``, ..., without optimizer
+        state.
 
     Raises:
         ValueError: with fewer than two models, shapes that differ, or
-            ``flair_only_members`` empty or naming no member.
+            ``flair_only_members`` empty, naming no member, or given for an
+            input without a FLAIR channel (fewer than two channels).
     """
     if len(models) < 2:
         raise ValueError(f"An ensemble needs at least two models, got {len(models)}.")
@@ -437,6 +441,9 @@ def average_models(models: list[keras.Model], name: str = "ensemble",
     if flair_only_members is not None and (
             not flair_only_members or not set(flair_only_members) <= set(range(len(models)))):
         raise ValueError(f"flair_only_members must name members 0 to {len(models) - 1}, not {flair_only_members}.")
+    if flair_only_members is not None and (models[0].input_shape[-1] or 0) < 2:
+        raise ValueError(f"flair_only_members routes slices by comparing their channels with FLAIR (channel 1); "
+                         f"an input of shape {models[0].input_shape[1:]} has no such channel.")
     inputs = keras.Input(shape=models[0].input_shape[1:], name="image")
     outputs = []
     for index, model in enumerate(models):

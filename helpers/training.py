@@ -560,6 +560,11 @@ def export_model(source: str | Path, destination: str | Path, dtype: str | None 
     if dtype is not None:
         config = _with_dtype_policy(config, dtype)
     clean = keras.Model.from_config(config)
+    if dtype is not None:
+        mixed = sorted({layer.dtype_policy.name for layer in clean.layers} - {dtype, "float32"})
+        if mixed:
+            raise ValueError(f"{source}: layers still compute in {mixed} after conversion to {dtype}; "
+                             "this Keras version saves dtype policies in a form export_model does not know.")
     clean.set_weights(trained.get_weights())
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -568,16 +573,20 @@ def export_model(source: str | Path, destination: str | Path, dtype: str | None 
 
 
 def _with_dtype_policy(config, dtype: str):
-    """A copy of a model config computing in ``dtype`` wherever it used half precision.
+    """A copy of a model config computing in ``dtype`` wherever it used a mixed policy.
 
-    Mixed-precision policies (``mixed_bfloat16``...) become ``dtype``, and so
-    do half-precision dtypes given as plain strings (the input layer's);
-    everything else, the float32 output layer included, is kept.
+    Mixed policies (``mixed_bfloat16``...) become ``dtype`` wherever a layer
+    names one: as a serialized ``DTypePolicy`` (or ``FloatDTypePolicy``), or
+    as a plain string. The half-precision dtypes recorded for the tensors
+    between layers (``"bfloat16"`` in ``inbound_nodes``) become ``dtype`` too.
+    Everything else, the float32 output layer included, is kept.
     """
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and str(config["config"]["name"]).startswith("mixed_"):
-            return {**config, "config": {**config["config"], "name": dtype}}
-        return {key: (dtype if key == "dtype" and value in ("bfloat16", "float16")
+        if str(config.get("class_name", "")).endswith("DTypePolicy") and isinstance(config.get("config"), dict):
+            name = str(config["config"].get("name", ""))
+            return {**config, "config": {**config["config"], "name": dtype}} if name.startswith("mixed_") else config
+        return {key: (dtype if key == "dtype" and isinstance(value, str)
+                      and (value.startswith("mixed_") or value in ("bfloat16", "float16"))
                       else _with_dtype_policy(value, dtype)) for key, value in config.items()}
     if isinstance(config, list):
         return [_with_dtype_policy(value, dtype) for value in config]

@@ -166,6 +166,9 @@ def test_average_of_models_refuses_one_model_or_different_shapes():
         average_models([small, build_resunet((32, 32, 3), base_filters=4, depth=2)])
     with pytest.raises(ValueError, match="flair_only_members"):
         average_models([small, small], flair_only_members=[2])
+    grey = build_resunet((16, 16, 1), base_filters=4, depth=2)
+    with pytest.raises(ValueError, match="no such channel"):
+        average_models([grey, grey], flair_only_members=[1])
 
 
 def test_pretrained_encoder_variant_builds_without_weights_and_round_trips(tmp_path):

@@ -73,3 +73,26 @@ def test_shipped_model_finds_the_tumour_on_its_validation_patients():
     pooled = metrics.dice_score(np.stack(truths), np.stack(predictions))
     assert pooled > 0.75, (f"{inference.DEFAULT_MODEL}: pooled Dice {pooled:.3f} over {len(truths)} tumour slices "
                            "of its validation patients; is the file the one its model card describes?")
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not os.environ.get("LGG_DATA_DIR"), reason="LGG_DATA_DIR is not set: no real data to read")
+def test_flair_only_slices_are_exactly_those_of_the_patients_without_contrast_scans(tmp_path):
+    """At the model's input size, the routing test flags every slice of the four patients whose three
+    channels are all FLAIR, and no slice of the other 64 (of which none comes within twice the tolerance)."""
+    from helpers.model import RouteFlairOnly
+
+    manifest = data.build_manifest(data.find_case_root(Path(os.environ["LGG_DATA_DIR"])), show_progress=False)
+    images, _ = data.load_arrays(manifest, size=128, cache_dir=tmp_path, show_progress=False)
+    router = RouteFlairOnly()
+    flags = np.concatenate([np.asarray(router.is_flair_only(images[start:start + 256])).ravel()
+                            for start in range(0, len(images), 256)])
+    flagged = manifest.assign(flag=flags).groupby("patient")["flag"].agg(["all", "any"])
+    expected = {"TCGA_DU_7013", "TCGA_FG_A60K", "TCGA_HT_7877", "TCGA_HT_A61B"} & set(manifest["patient"])
+    assert len(expected) == 4, "the copy under LGG_DATA_DIR lacks a FLAIR-only patient this test expects"
+    assert set(flagged.index[flagged["all"]]) == set(flagged.index[flagged["any"]]) == expected
+    others = images[~manifest["patient"].isin(expected).to_numpy()].astype(np.float32)
+    flair = others[..., 1:2]
+    share = np.abs(others - flair).mean(axis=(1, 2)).max(axis=-1) / np.maximum(flair.max(axis=(1, 2, 3)), 1e-6)
+    assert share.min() > 2 * router.tolerance
+
