@@ -97,13 +97,19 @@ def test_save_and_load_gives_identical_predictions(tmp_path):
     assert json.loads(config)["class_name"] == "Functional"
 
 
-def test_average_of_models_is_the_mean_of_their_outputs_and_round_trips(tmp_path):
-    rng = np.random.default_rng(4)
-    members = []
-    for _ in range(2):
+def perturbed_resunets(count: int, rng: np.random.Generator) -> list:
+    """``count`` tiny ResUNets whose weights differ, so that their outputs do."""
+    models = []
+    for _ in range(count):
         model = build_resunet((16, 16, 3), base_filters=4, depth=2)
         model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
-        members.append(model)
+        models.append(model)
+    return models
+
+
+def test_average_of_models_is_the_mean_of_their_outputs_and_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    members = perturbed_resunets(2, rng)
     images = rng.uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
     outputs = [np.asarray(model(images, training=False)) for model in members]
     assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the members differ, so the mean is not either one
@@ -119,11 +125,7 @@ def test_average_of_models_is_the_mean_of_their_outputs_and_round_trips(tmp_path
 
 def test_flair_only_slices_get_the_flair_members_mean_and_the_rest_the_mean_of_all(tmp_path):
     rng = np.random.default_rng(5)
-    members = []
-    for _ in range(3):
-        model = build_resunet((16, 16, 3), base_filters=4, depth=2)
-        model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
-        members.append(model)
+    members = perturbed_resunets(3, rng)
     ordinary = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
     flair_only = np.repeat(rng.uniform(0, 255, (2, 16, 16, 1)), 3, axis=-1).astype(np.float32)
     # A lossy copy (about 0.1% of the peak off FLAIR) still counts as FLAIR only.
