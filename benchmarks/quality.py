@@ -108,13 +108,13 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"{path}: no such model; give a .keras file saved by notebook 04 or this script.")
 
-    run_dir = Path(args.out) / "run"
+    out = Path(args.out)
+    run_dir = out / "run"
     if args.evaluate_only and args.model is None and not (run_dir / "history.csv").is_file():
         raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
                          "(the same command without --evaluate-only).")
 
     started = time.monotonic()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     init_seed = args.seed if args.init_seed is None else args.init_seed
     keras.utils.set_random_seed(init_seed)
@@ -218,7 +218,7 @@ def main() -> None:
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),
-        "model": str(model_path if args.model is not None else out / "model.keras"),
+        "model": str(model_path),
         "members": members,
         "flair_only_members": args.flair_only_members,
         "epochs_run": None if history is None else int(len(history)),
