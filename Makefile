@@ -28,13 +28,14 @@ install: $(VENV)/.installed  ## create .venv and install the project
 
 run: install  ## run notebooks 01-05 with papermill into runs/<time>/
 	@mkdir -p $(RUN_DIR)
-	@set -e; for nb in $(NOTEBOOKS); do \
+	@set -e -o pipefail; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
+	  status=0; \
 	  $(BIN)/papermill --log-output notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb \
 	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) $$([ $$nb = 05_evaluation ] && echo -p SLIDER False) $(DATA_PARAMETER) $(EXTRA) \
-	    | grep -v -E '^(I0000|W0000|E0000)' || true; \
-	  test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
-	    || { echo "$$nb failed: see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \
+	    | { grep -v -E '^(I0000|W0000|E0000)' || true; } || status=$$?; \
+	  test $$status -eq 0 && test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
+	    || { echo "$$nb failed (papermill exit status $$status): see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \
 	done
 	@echo "Executed notebooks: $(RUN_DIR)/"
 	@echo "Metrics:            $(abspath $(ARTIFACTS_DIR))/metrics.json"

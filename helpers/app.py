@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from helpers import inference
+from helpers import inference, plots
 
 DISCLAIMER = (
     "**For research and teaching, not diagnosis.** The model was trained on lower-grade "
@@ -177,11 +177,7 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
     settings = inference.recommended_settings(model_path)
     threshold = settings["threshold"] if threshold is None else threshold
     min_component_pixels = settings["min_component_pixels"] if min_component_pixels is None else min_component_pixels
-    if "google.colab" in sys.modules:
-        # Colab shows ipywidgets 8 only through its custom widget manager.
-        from google.colab import output as colab_output
-
-        colab_output.enable_custom_widget_manager()
+    plots.enable_colab_widgets()
 
     class UploadPanel(widgets.VBox):
         def _repr_mimebundle_(self, **kwargs):

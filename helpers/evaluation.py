@@ -403,6 +403,45 @@ def write_model_settings(path: str | Path, single_slice: dict, val_patients, sco
     return path
 
 
+def check_model_split(model_path: str | Path, val_patients) -> bool | None:
+    """Say whether a model was chosen on this split's validation patients.
+
+    A model trained on another split (the shipped one, trained on this
+    project's 68-patient copy, scored on a split of the full 110-patient
+    download) may have trained on patients that are test patients here, and
+    its test figures would then be optimistic. Its ``<model>.json``, written
+    beside it by ``write_model_settings``, names the validation patients it
+    was chosen on; they are compared with these.
+
+    Args:
+        model_path: the ``.keras`` model file.
+        val_patients: this split's validation patients (repeats allowed).
+
+    Returns:
+        ``True`` when the recorded validation patients are these, ``False``
+        (with a warning) when they are not, ``None`` when nothing is recorded.
+
+    Warns:
+        UserWarning: naming the ``.json`` file, when the patients differ.
+    """
+    import json
+    import warnings
+
+    sidecar = Path(model_path).with_suffix(".json")
+    recorded = json.loads(sidecar.read_text()).get("val_patients") if sidecar.is_file() else None
+    if not recorded:
+        return None
+    here, there = set(val_patients), set(recorded)
+    if here == there:
+        return True
+    warnings.warn(
+        f"{sidecar} records validation patients other than this split's ({len(here & there)} of "
+        f"{len(here)} shared), so the model was trained on another split: some test patients here may be "
+        "patients it trained on, and its figures below may be optimistic. Score it on the data it was "
+        "trained on, or read its own figures (for the shipped model, models/MODEL_CARD.md).", stacklevel=2)
+    return False
+
+
 def evaluate(
     truth: np.ndarray, prediction: np.ndarray, manifest_rows: pd.DataFrame
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

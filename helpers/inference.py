@@ -8,8 +8,8 @@ tumour mask at the image's own height and width. The command line
 (``helpers.predict``), the web app (``helpers.app``) and notebook 06 are thin
 wrappers over these functions.
 
-The model was trained on 256x256 FLAIR-weighted slices of the LGG dataset
-(three channels: pre-contrast, FLAIR, post-contrast). Other images are
+The model was trained on the LGG dataset's 256x256 slices (three channels:
+pre-contrast, FLAIR, post-contrast; the shipped one reads them at 128x128). Other images are
 segmented all the same, but the result means little unless the image looks
 like those slices. This is for research and teaching, not diagnosis.
 """
@@ -334,7 +334,7 @@ def recommended_settings(model_path: str | os.PathLike | None = None) -> dict:
 
     A model may ship with ``<name>.json`` beside ``<name>.keras`` holding the
     ``threshold`` and ``min_component_pixels`` chosen for single slices on
-    its validation patients (``benchmarks/quality.py`` writes it).
+    its validation patients (notebook 05 and ``benchmarks/quality.py`` write it).
 
     Args:
         model_path: the model file; ``None`` for ``DEFAULT_MODEL``.

@@ -8,6 +8,20 @@ import pandas as pd
 from skimage import segmentation
 
 
+def enable_colab_widgets() -> None:
+    """Let Colab show ipywidgets 8 (sliders, upload buttons); elsewhere do nothing.
+
+    Colab renders ipywidgets 8 only through its custom widget manager, which
+    this turns on. Jupyter, VS Code and headless runs need nothing.
+    """
+    import sys
+
+    if "google.colab" in sys.modules:
+        from google.colab import output
+
+        output.enable_custom_widget_manager()
+
+
 def overlay(image: np.ndarray, truth: np.ndarray | None = None, prediction: np.ndarray | None = None) -> np.ndarray:
     """Colour an image by agreement of prediction and ground truth.
 

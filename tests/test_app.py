@@ -87,8 +87,12 @@ def test_a_missing_model_fails_when_the_app_is_built(tmp_path):
         web_app.build_app(tmp_path / "none.keras")
 
 
-def test_disclaimer_is_on_the_page():
-    assert "not diagnosis" in web_app.DISCLAIMER
+def test_disclaimer_is_on_the_page(files):
+    import gradio
+
+    demo = web_app.build_app(files["model"])
+    texts = [block.value for block in demo.blocks.values() if isinstance(block, gradio.Markdown)]
+    assert any("not diagnosis" in text for text in texts)
 
 
 def test_threshold_and_smallest_region_given_override_the_recorded_ones(files):

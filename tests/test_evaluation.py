@@ -10,6 +10,7 @@ import pytest
 
 from helpers.evaluation import (
     binarize,
+    check_model_split,
     choose_postprocessing,
     evaluate,
     example_slices,
@@ -233,3 +234,13 @@ def test_example_slices_show_best_median_and_worst_patients_at_their_largest_are
     assert positions == [1, 6, 5]  # best A, median C, worst B
     assert titles[0] == "A s2 (patient Dice 0.90)" and titles[2] == "B s3 (patient Dice 0.10)"
     assert example_slices(table, rows, truth, prediction, count=1)[0] == [1]
+
+
+def test_a_model_chosen_on_other_validation_patients_is_flagged(tmp_path):
+    model_path = tmp_path / "model.keras"
+    assert check_model_split(model_path, ["P1"]) is None  # nothing recorded beside it
+    choice = {"threshold": 0.4, "min_component_pixels": 30, "val_dice_per_patient": 0.8}
+    write_model_settings(model_path.with_suffix(".json"), choice, ["P1", "P2"])
+    assert check_model_split(model_path, ["P2", "P1", "P1"]) is True
+    with pytest.warns(UserWarning, match=r"model\.json records validation patients.*\(1 of 2 shared\)"):
+        assert check_model_split(model_path, ["P1", "P3"]) is False
