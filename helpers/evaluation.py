@@ -8,6 +8,8 @@ components, test-time flips) is chosen on validation patients with
 from __future__ import annotations
 
 import itertools
+import json
+import warnings
 from pathlib import Path
 
 import keras
@@ -387,8 +389,6 @@ def write_model_settings(path: str | Path, single_slice: dict, val_patients, sco
     Returns:
         The path written.
     """
-    import json
-
     from helpers.inference import REFERENCE_PIXELS
 
     path = Path(path)
@@ -424,9 +424,6 @@ def check_model_split(model_path: str | Path, val_patients) -> bool | None:
     Warns:
         UserWarning: naming the ``.json`` file, when the patients differ.
     """
-    import json
-    import warnings
-
     sidecar = Path(model_path).with_suffix(".json")
     recorded = json.loads(sidecar.read_text()).get("val_patients") if sidecar.is_file() else None
     if not recorded:

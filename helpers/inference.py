@@ -9,9 +9,9 @@ tumour mask at the image's own height and width. The command line
 wrappers over these functions.
 
 The model was trained on the LGG dataset's 256x256 slices (three channels:
-pre-contrast, FLAIR, post-contrast; the shipped one reads them at 128x128). Other images are
-segmented all the same, but the result means little unless the image looks
-like those slices. This is for research and teaching, not diagnosis.
+pre-contrast, FLAIR, post-contrast; the shipped one reads them at 128x128).
+Other images are segmented all the same, but the result means little unless
+the image looks like those slices. This is for research and teaching, not diagnosis.
 """
 
 from __future__ import annotations

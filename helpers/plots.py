@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -14,8 +16,6 @@ def enable_colab_widgets() -> None:
     Colab renders ipywidgets 8 only through its custom widget manager, which
     this turns on. Jupyter, VS Code and headless runs need nothing.
     """
-    import sys
-
     if "google.colab" in sys.modules:
         from google.colab import output
 
