@@ -81,6 +81,10 @@ def main() -> None:
                              "on CPUs with AVX-512 BF16 or AMX, slower elsewhere); the checkpoint is chosen on "
                              "validation scores computed in that policy, then saved and scored in float32 "
                              "(default: %(default)s)")
+    parser.add_argument("--init-model", type=Path, default=None,
+                        help="start from the weights of this saved network (same width, input and channels) "
+                             "instead of random ones: a finished run continued with a fresh schedule from "
+                             "--learning-rate (default: random initial weights)")
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -100,11 +104,12 @@ def main() -> None:
         if not set(args.flair_only_members) <= set(range(len(args.model))):
             raise SystemExit(f"--flair-only-members {args.flair_only_members}: give indices of --model, "
                              f"0 to {len(args.model) - 1}.")
-    for option, given in (("--soft-masks", args.soft_masks), ("--policy", args.policy != "float32")):
+    for option, given in (("--soft-masks", args.soft_masks), ("--policy", args.policy != "float32"),
+                          ("--init-model", args.init_model is not None)):
         if given and args.model is not None:
             raise SystemExit(f"{option} sets how the network trains: it has no meaning with --model, which trains "
                              "nothing.")
-    for path in args.model or []:
+    for path in ([args.init_model] if args.init_model is not None else []) + (args.model or []):
         if not path.is_file():
             raise SystemExit(f"{path}: no such model; give a .keras file saved by notebook 04 or this script.")
 
@@ -138,6 +143,8 @@ def main() -> None:
         keras.mixed_precision.set_global_policy(args.policy)
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize, channels=args.channels)
+        if args.init_model is not None:
+            training.load_initial_weights(model, args.init_model)
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
                                bce_weight=args.bce_weight, ema_momentum=args.ema, miss_weight=args.miss_weight)
         train_images, train_masks, train_rows = small["train"]

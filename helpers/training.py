@@ -572,6 +572,37 @@ def export_model(source: str | Path, destination: str | Path, dtype: str | None 
     return destination
 
 
+def load_initial_weights(model: keras.Model, source: str | Path) -> keras.Model:
+    """Start ``model`` from the weights of a saved network of the same architecture.
+
+    For continuing a finished run with a new learning-rate schedule (a warm
+    restart, as in SGDR: Loshchilov and Hutter, 2017): the optimizer starts
+    afresh, only the weights carry over. The saved network may have trained
+    in another dtype policy: its float32 weights fit a ``mixed_bfloat16``
+    model, whose variables are float32 too.
+
+    Args:
+        model: a built model, e.g. from ``build_resunet``.
+        source: a ``.keras`` file saved by notebook 04 or ``quality.py``.
+
+    Returns:
+        ``model``, its weights replaced.
+
+    Raises:
+        ValueError: naming ``source`` when its weights differ from the
+            model's in number or shape (another width, input or channels).
+    """
+    saved = keras.models.load_model(source, compile=False).get_weights()
+    current = model.get_weights()
+    shapes = [tuple(weight.shape) for weight in current]
+    if [tuple(weight.shape) for weight in saved] != shapes:
+        raise ValueError(f"{source}: its weights do not fit this model ({len(saved)} arrays against "
+                         f"{len(current)}, or other shapes); build the model with the width, input size and "
+                         "channels that network trained with.")
+    model.set_weights(saved)
+    return model
+
+
 def _with_dtype_policy(config, dtype: str):
     """A copy of a model config computing in ``dtype`` wherever it used a mixed policy.
 

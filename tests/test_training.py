@@ -382,6 +382,31 @@ def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
     np.testing.assert_allclose(clean.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
+def test_initial_weights_carry_over_into_a_bfloat16_model_and_a_misfit_is_named(tmp_path):
+    from helpers.training import load_initial_weights
+
+    x = np.random.default_rng(1).random((2, 32, 32, 3)).astype("float32")
+    keras.utils.set_random_seed(3)
+    saved = build_resunet((32, 32, 3), base_filters=4, depth=2, channels=[0])
+    saved.save(tmp_path / "saved.keras")
+    keras.utils.set_random_seed(4)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        fresh = build_resunet((32, 32, 3), base_filters=4, depth=2, channels=[0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert not np.allclose(fresh.get_weights()[0], saved.get_weights()[0])
+    load_initial_weights(fresh, tmp_path / "saved.keras")
+    for got, want in zip(fresh.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # bfloat16 arithmetic: close to the saved network's answer, not equal to it.
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), saved.predict(x, verbose=0), atol=0.05)
+
+    wider = build_resunet((32, 32, 3), base_filters=8, depth=2, channels=[0])
+    with pytest.raises(ValueError, match=r"saved\.keras: its weights do not fit this model"):
+        load_initial_weights(wider, tmp_path / "saved.keras")
+
+
 def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
     run_dir = tmp_path / "training"
     settings = {"input_size": 128, "base_filters": 16, "residual": True, "learning_rate": 1e-3, "epochs": 40}
