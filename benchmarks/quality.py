@@ -144,7 +144,10 @@ def main() -> None:
         model = build_resunet((args.input_size, args.input_size, 3), args.width, residual=not args.plain,
                               standardize=not args.no_standardize, channels=args.channels)
         if args.init_model is not None:
-            training.load_initial_weights(model, args.init_model)
+            try:
+                training.load_initial_weights(model, args.init_model)
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
         training.compile_model(model, learning_rate=args.learning_rate, dice_weight=args.dice_weight,
                                bce_weight=args.bce_weight, ema_momentum=args.ema, miss_weight=args.miss_weight)
         train_images, train_masks, train_rows = small["train"]

@@ -92,6 +92,11 @@ def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
 def test_quality_refuses_a_missing_model(tmp_path):
     result = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", cwd=tmp_path)
     assert result.returncode != 0 and "nowhere.keras: no such model" in result.stderr
+    start = run_script("quality.py", "--out", "out", "--init-model", "nowhere.keras", cwd=tmp_path)
+    assert start.returncode != 0 and "nowhere.keras: no such model" in start.stderr
+    both = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", "--init-model", "nowhere.keras",
+                      cwd=tmp_path)
+    assert both.returncode != 0 and "--init-model sets how the network trains" in both.stderr
 
 
 def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
@@ -116,6 +121,17 @@ def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
     assert len(list((tmp_path / "cache").glob("slices_*"))) == 3  # 32 hard, 32 soft (training side), 256
     refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
     assert refused.returncode != 0 and "--soft-masks sets how the network trains" in refused.stderr
+    # A finished run continued from its weights (a warm restart); a network of another width is refused.
+    continued = run_script("quality.py", "--data-dir", "data", "--out", "continued", "--input-size", "32",
+                           "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
+                           "--init-model", str(work / "soft" / "model.keras"), "--learning-rate", "3e-4", cwd=work)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    again = json.loads((work / "continued" / "quality.json").read_text())
+    assert again["epochs_run"] == 1 and " --init-model " in again["command"]
+    misfit = run_script("quality.py", "--data-dir", "data", "--out", "misfit", "--input-size", "32", "--width", "8",
+                        "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+                        "--init-model", str(work / "soft" / "model.keras"), cwd=work)
+    assert misfit.returncode != 0 and "model.keras: its weights do not fit this model" in misfit.stderr
     # Said before any data is read: this data folder does not exist.
     missing = run_script("quality.py", "--data-dir", "nowhere", "--out", "untrained", "--evaluate-only", cwd=work)
     assert missing.returncode != 0 and "no training run to evaluate" in missing.stderr
