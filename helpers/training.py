@@ -594,8 +594,7 @@ def load_initial_weights(model: keras.Model, source: str | Path) -> keras.Model:
     """
     saved = keras.models.load_model(source, compile=False).get_weights()
     current = model.get_weights()
-    shapes = [tuple(weight.shape) for weight in current]
-    if [tuple(weight.shape) for weight in saved] != shapes:
+    if [weight.shape for weight in saved] != [weight.shape for weight in current]:
         raise ValueError(f"{source}: its weights do not fit this model ({len(saved)} arrays against "
                          f"{len(current)}, or other shapes); build the model with the width, input size and "
                          "channels that network trained with.")

@@ -23,7 +23,14 @@ import tensorflow as tf
 from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
-from helpers.training import command_line, compile_model, prepare_run, steps_per_epoch, train
+from helpers.training import (
+    command_line,
+    compile_model,
+    load_initial_weights,
+    prepare_run,
+    steps_per_epoch,
+    train,
+)
 
 SIZE = 32
 
@@ -383,8 +390,6 @@ def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
 
 
 def test_initial_weights_carry_over_into_a_bfloat16_model_and_a_misfit_is_named(tmp_path):
-    from helpers.training import load_initial_weights
-
     x = np.random.default_rng(1).random((2, 32, 32, 3)).astype("float32")
     keras.utils.set_random_seed(3)
     saved = build_resunet((32, 32, 3), base_filters=4, depth=2, channels=[0])
