@@ -88,7 +88,9 @@ def main() -> None:
     parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
-                        help="skip training: evaluate the run already in --out/run (its time is read from there)")
+                        help="skip training: evaluate the run already in --out/run (its time is read from there); "
+                             "give the command that trained it plus this flag: its training options (--init-model, "
+                             "--policy, ...) are then recorded in quality.json as given, not applied or checked")
     parser.add_argument("--model", type=Path, nargs="+", default=None,
                         help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split; "
                              "several: score the mean of their probabilities, saved as one model in --out")

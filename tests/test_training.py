@@ -65,12 +65,17 @@ class Interrupted(Exception):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Records the epochs that ``fit`` actually runs; raises after ``stop_after`` if given."""
+    """Records the epochs that ``fit`` runs and the weights it starts from; raises after ``stop_after`` if given."""
 
     def __init__(self, stop_after: int | None = None):
         super().__init__()
         self.stop_after = stop_after
         self.epochs: list[int] = []
+        self.start_weights: list[np.ndarray] = []
+
+    def on_train_begin(self, logs=None):
+        # Called after train's own callbacks, BackupAndRestore's restore among them.
+        self.start_weights = self.model.get_weights()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
@@ -126,12 +131,18 @@ def test_train_writes_outputs_and_resumes_after_interruption(slices, tmp_path, m
     assert (output / "backup").is_dir()
     assert pd.read_csv(output / "history.csv")["epoch"].tolist() == [0, 1]
 
-    # A new process would build a new model: the backup supplies its weights and epoch.
+    # A new process would build a new model: the backup supplies its weights and epoch,
+    # even over initial weights copied in first (quality.py --init-model on a resumed run).
+    other = tiny_model()
+    other.save(tmp_path / "other.keras")
     second = tiny_model()
+    load_initial_weights(second, tmp_path / "other.keras")
     second_epochs = EpochRecorder()
     add_callback(monkeypatch, second, second_epochs)
     history = train(second, train_data, val_data, output, **arguments)
     assert second_epochs.epochs == [2, 3]
+    for restored, interrupted in zip(second_epochs.start_weights, first.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, interrupted)
     on_disk = pd.read_csv(output / "history.csv")
     assert on_disk["epoch"].tolist() == [0, 1, 2, 3]
     assert history["epoch"].tolist() == [0, 1, 2, 3]
