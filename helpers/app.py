@@ -61,7 +61,7 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
         settings["threshold"] = threshold
     if min_component_pixels is not None:
         settings["min_component_pixels"] = min_component_pixels
-    max_bytes = int(max_upload_mb * 1024 * 1024)
+    max_bytes = upload_limit_bytes(max_upload_mb)
 
     def run(upload: dict | str | None, threshold: float) -> tuple[np.ndarray, np.ndarray, int, str]:
         # The listeners skip Gradio's preprocessing (which opens the upload with
@@ -117,6 +117,11 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
     return app
 
 
+def upload_limit_bytes(max_upload_mb: float) -> int:
+    """The upload limit in bytes, 1 MB = 1024 x 1024 bytes as Gradio counts; fractions allowed (``--max-upload-mb 2.5``)."""
+    return int(max_upload_mb * 1024 * 1024)
+
+
 def _browser_viewable(paths: list[str | os.PathLike]) -> list[Path]:
     """The example images, TIFFs copied as PNG into a temporary folder (browsers do not show TIFF)."""
     viewable, folder = [], None
@@ -147,7 +152,7 @@ def launch_app(app: gr.Blocks, port: int | None = None, share: bool = False, max
         What ``gradio.Blocks.launch`` returns: (FastAPI app, local URL, share URL).
     """
     return app.launch(server_name=server_name, server_port=port, share=share,
-                      max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=prevent_thread_lock,
+                      max_file_size=upload_limit_bytes(max_upload_mb), prevent_thread_lock=prevent_thread_lock,
                       show_error=True, **launch_options)
 
 
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         app = build_app(args.model, examples=args.examples or None, max_upload_mb=args.max_upload_mb)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     launch_app(app, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)

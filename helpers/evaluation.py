@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -49,12 +50,19 @@ def load_model(path: str | Path) -> keras.Model:
 
     Raises:
         FileNotFoundError: naming the path and the notebook that writes it.
+        ValueError: naming the path, if it is not a model Keras saved (a
+            ``.keras`` file is a zip archive).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"No model at {path}. Train one first: run notebooks/04_training.ipynb "
             "(or `make run`), or pass the path of a saved .keras model."
+        )
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: not a saved Keras model (a .keras file is a zip archive; this one is not). Pass a model "
+            "saved by notebook 04 or benchmarks/quality.py."
         )
     return keras.models.load_model(path)
 

@@ -381,6 +381,7 @@ def load_default_model(path: str | os.PathLike | None = None) -> keras.Model:
 
     Raises:
         FileNotFoundError: naming the path, if there is no file there.
+        ValueError: naming the path, if the file is not a saved Keras model.
     """
     path = Path(path).expanduser().resolve() if path is not None else DEFAULT_MODEL
     if not path.is_file():

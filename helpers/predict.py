@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         model = inference.load_default_model(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     settings = inference.recommended_settings(args.model)

@@ -21,7 +21,7 @@ def files(tmp_path_factory, tiny_model_path):
     (folder / "notes.png").write_text("not an image")
     # A 16-bit TIFF, which Gradio's own image reading would mangle or refuse.
     tifffile.imwrite(folder / "deep.tif", rng.integers(0, 65535, (30, 20), dtype=np.uint16))
-    # Random pixels do not compress: about 3 MB, over the 1 MB limit below.
+    # Random pixels do not compress: about 3 MB, over the 1.5 MB limit below.
     Image.fromarray(rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8)).save(folder / "large.png")
     return {"model": model_path, "slice": folder / "slice.png", "notes": folder / "notes.png", "deep": folder / "deep.tif",
             "large": folder / "large.png"}
@@ -29,8 +29,9 @@ def files(tmp_path_factory, tiny_model_path):
 
 @pytest.fixture(scope="module")
 def client(files, free_port):
-    demo = web_app.build_app(files["model"], examples=[files["slice"]], max_upload_mb=1)
-    _, url, _ = web_app.launch_app(demo, port=free_port(), max_upload_mb=1, prevent_thread_lock=True, quiet=True)
+    # A fractional limit, as `--max-upload-mb 1.5` gives: the server takes it in bytes.
+    demo = web_app.build_app(files["model"], examples=[files["slice"]], max_upload_mb=1.5)
+    _, url, _ = web_app.launch_app(demo, port=free_port(), max_upload_mb=1.5, prevent_thread_lock=True, quiet=True)
     try:
         yield gradio_client.Client(url, verbose=False)
     finally:
@@ -68,9 +69,9 @@ def test_a_file_that_is_not_an_image_is_refused(client, files):
 
 
 def test_an_upload_over_the_size_limit_is_refused(client, files):
-    assert files["large"].stat().st_size > 1024 * 1024
-    # The server publishes its 1 MiB limit; the client reads it and refuses before uploading.
-    with pytest.raises(ValueError, match=r"large\.png exceeds the maximum file size of 1048576 bytes"):
+    assert files["large"].stat().st_size > 1.5 * 1024 * 1024
+    # The server publishes its 1.5 MiB limit; the client reads it and refuses before uploading.
+    with pytest.raises(ValueError, match=r"large\.png exceeds the maximum file size of 1572864 bytes"):
         client.predict(gradio_client.handle_file(str(files["large"])), 0.5, api_name="/segment")
 
 

@@ -221,10 +221,10 @@ def test_validation_reports_every_bad_slice(tmp_path):
 
     whole = image(first, 4).read_bytes()
     image(first, 4).write_bytes(whole[: len(whole) // 2])
-    expected[(first.name, 4)] = (image(first, 4), "")
+    expected[(first.name, 4)] = (image(first, 4), "cannot be read")
 
     mask(first, 5).write_text("this is a text file, not a TIFF\n")
-    expected[(first.name, 5)] = (mask(first, 5), "")
+    expected[(first.name, 5)] = (mask(first, 5), "cannot be read")
 
     _write(image(first, 6), rng.integers(0, 255, (size // 2, size // 2, 3), dtype=np.uint8))
     _write(mask(first, 6), np.zeros((size // 2, size // 2), dtype=np.uint8))

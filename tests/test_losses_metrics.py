@@ -202,7 +202,7 @@ def test_confusion_counts_by_hand_and_shape_check():
     truth = np.array([[1, 1], [0, 0]])
     prediction = np.array([[1, 0], [1, 0]])
     assert metrics.confusion_counts(truth, prediction) == (1, 1, 1, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Shapes differ: truth \(2, 2\), prediction \(2, 3\)"):
         metrics.confusion_counts(truth, np.zeros((2, 3)))
 
 

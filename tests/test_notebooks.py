@@ -21,6 +21,7 @@ import pytest
 from nbclient.exceptions import CellTimeoutError
 
 import helpers  # noqa: F401  (registers the custom objects for load_model)
+from helpers.model import build_resunet, count_residual_additions
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_NAMES = [
@@ -119,6 +120,17 @@ def test_series_writes_a_leak_free_split(series):
     assert json.loads((series / "pipeline.json").read_text())["slices_per_second"] > 0
 
 
+def test_series_shows_the_model_that_notebook_03_builds(series):
+    notebook = nbformat.read(series.parent / "03_resunet_model.ipynb", as_version=4)
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    text = "".join(output.get("text", "") for output in outputs)
+    model = build_resunet((64, 64, 3), base_filters=16, depth=4)
+    assert f"{model.count_params():,} parameters, {count_residual_additions(model)} residual additions" in text
+    assert "-> output (4, 64, 64, 1)" in text
+    # The architecture diagram and the untrained predictions are drawn.
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 2
+
+
 def test_series_saves_a_model_that_loads_and_predicts(series):
     model = keras.models.load_model(series / "model.keras")
     output = model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
@@ -137,7 +149,13 @@ def test_series_writes_metrics_in_range(series):
     per_patient = pd.read_csv(series / "per_patient.csv")
     assert set(per_patient["patient"]) == set(split.loc[split["split"] == "test", "patient"])
     assert metrics["patients"] == len(per_patient)
-    assert (series / "per_slice.csv").exists()
+    # The summary agrees with the tables it was computed from.
+    per_slice = pd.read_csv(series / "per_slice.csv")
+    assert len(per_slice) == per_patient["slices"].sum()
+    assert metrics["dice_per_patient_mean"] == pytest.approx(per_patient["dice"].mean())
+    assert metrics["iou_per_patient_mean"] == pytest.approx(per_patient["iou"].mean())
+    tp, fp, fn = (per_slice[column].sum() for column in ("tp", "fp", "fn"))
+    assert metrics["pooled_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     # Settings for single slices, chosen on validation, beside the model for notebook 06.
     single = json.loads((series / "model.json").read_text())["single_slice"]
     assert 0.0 < single["threshold"] < 1.0 and single["min_component_pixels"] >= 0

@@ -84,18 +84,18 @@ def test_without_ground_truth_there_is_no_dice_column(tmp_path, slices, tiny_mod
     assert "dice" not in pd.read_csv(out / "predictions.csv").columns
 
 
-@pytest.mark.parametrize("argv", [
-    ["--out", "x"],
-    ["missing_folder", "--out", "x"],
-    ["IMAGE", "--out", "x", "--threshold", "1.5"],
-    ["IMAGE", "--out", "x", "--model", "absent.keras"],
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--out", "x"], "the following arguments are required: INPUT"),
+    (["missing_folder", "--out", "x"], "No such file or folder: "),
+    (["IMAGE", "--out", "x", "--threshold", "1.5"], "1.5 is not between 0 and 1"),
+    (["IMAGE", "--out", "x", "--model", "absent.keras"], "absent.keras. Train one with notebooks/04_training.ipynb"),
 ], ids=["no-input", "missing-input", "bad-threshold", "missing-model"])
-def test_usage_errors_exit_with_2(tmp_path, slices, capsys, argv):
+def test_usage_errors_exit_with_2(tmp_path, slices, capsys, argv, says):
     argv = [str(slices / "case_1.png") if a == "IMAGE" else str(tmp_path / a) if a in ("x", "missing_folder", "absent.keras") else a
             for a in argv]
     status, _, err = run(capsys, *argv)
     assert status == 2
-    assert err
+    assert says in err, err
 
 
 def test_help_says_not_for_diagnosis_and_shows_defaults(capsys):
@@ -104,6 +104,15 @@ def test_help_says_not_for_diagnosis_and_shows_defaults(capsys):
     assert status == 0
     assert "research and teaching only, not for diagnosis" in text
     assert "(default: None)" in text and "else 0.5" in text
+
+
+def test_a_file_that_is_not_a_model_is_named(tmp_path, slices, capsys):
+    fake = tmp_path / "fake.keras"
+    fake.write_bytes((slices / "case_1.png").read_bytes())  # an image renamed, not a zip archive
+    status, _, err = run(capsys, slices / "case_1.png", "--out", tmp_path / "out", "--model", fake)
+    assert status == 2
+    assert f"{fake}: not a saved Keras model" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_recorded_settings_beside_the_model_are_the_defaults(tmp_path):

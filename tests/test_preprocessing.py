@@ -104,7 +104,7 @@ def test_split_keeps_a_training_patient_in_every_institution(fractions):
 
 
 def test_split_rejects_fractions_leaving_no_training():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be non-negative and sum to less than 1"):
         split_patients(fake_manifest(), val_fraction=0.5, test_fraction=0.5)
 
 

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
+from helpers.model import build_resunet
 from helpers.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,32 +59,42 @@ def test_quality_scores_a_saved_model_on_test_patients_only(scored):
 
 
 def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
-    # A model averaged with itself is that model: the scores must not move. The other
-    # initialisation seed must not move the split either.
+    # Two different networks: the saved model must answer with the mean of their probabilities.
+    # The other initialisation seed must not move the split.
     work = scored.parent
     model = json.loads((scored / "quality.json").read_text())["model"]
-    result = run_script("quality.py", "--data-dir", "data", "--out", "twice",
-                        "--model", model, model, "--input-size", "32", "--init-seed", "7", cwd=work)
+    keras.utils.set_random_seed(11)
+    other = str(work / "other.keras")
+    build_resunet((32, 32, 3), base_filters=4, depth=2).save(other)
+    result = run_script("quality.py", "--data-dir", "data", "--out", "pair",
+                        "--model", model, other, "--input-size", "32", "--init-seed", "7", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    twice = work / "twice"
-    pd.testing.assert_frame_equal(pd.read_csv(twice / "split.csv"), pd.read_csv(scored / "split.csv"))
-    report = json.loads((twice / "quality.json").read_text())
-    assert report["members"] == [model, model]
-    assert report["model"] == "twice/model.keras" and (twice / "model.keras").is_file()
+    pair = work / "pair"
+    pd.testing.assert_frame_equal(pd.read_csv(pair / "split.csv"), pd.read_csv(scored / "split.csv"))
+    report = json.loads((pair / "quality.json").read_text())
+    assert report["members"] == [model, other]
+    assert report["model"] == "pair/model.keras" and (pair / "model.keras").is_file()
     once = json.loads((scored / "quality.json").read_text())
-    assert report["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
     assert "members" not in once or once["members"] is None
-    assert json.loads((twice / "model.json").read_text())["members"] == [model, model]
-    # Routed: FLAIR-only slices to member 1 alone. Here that is the same model, so again nothing moves: this
-    # checks the option's plumbing; the routing itself is tested in test_model.py and test_shipped_model.py.
-    result = run_script("quality.py", "--data-dir", "data", "--out", "routed", "--model", model, model,
+    assert json.loads((pair / "model.json").read_text())["members"] == [model, other]
+    members = [keras.models.load_model(path) for path in (model, other)]
+    x = np.random.default_rng(3).random((4, 32, 32, 3)).astype("float32")
+    answers = [member.predict(x, verbose=0) for member in members]
+    assert not np.allclose(answers[0], answers[1], atol=1e-3)
+    saved = keras.models.load_model(pair / "model.keras")
+    np.testing.assert_allclose(saved.predict(x, verbose=0), (answers[0] + answers[1]) / 2, atol=1e-6)
+    # Routed: slices that are FLAIR in every channel go to member 1 alone; the others get the mean.
+    result = run_script("quality.py", "--data-dir", "data", "--out", "routed", "--model", model, other,
                         "--flair-only-members", "1", "--input-size", "32", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     routed = json.loads((work / "routed" / "quality.json").read_text())
     assert routed["flair_only_members"] == [1] and " --flair-only-members 1" in routed["command"]
-    assert routed["dice_per_patient_mean"] == pytest.approx(once["dice_per_patient_mean"], abs=1e-6)
     assert json.loads((work / "routed" / "model.json").read_text())["flair_only_members"] == [1]
-    assert "route_flair_only" in [layer.name for layer in keras.models.load_model(work / "routed" / "model.keras").layers]
+    routed_model = keras.models.load_model(work / "routed" / "model.keras")
+    assert "route_flair_only" in [layer.name for layer in routed_model.layers]
+    grey = np.repeat(x[..., 1:2], 3, axis=-1)
+    np.testing.assert_allclose(routed_model.predict(grey, verbose=0), members[1].predict(grey, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(routed_model.predict(x, verbose=0), (answers[0] + answers[1]) / 2, atol=1e-6)
     alone = run_script("quality.py", "--out", "alone", "--model", model, "--flair-only-members", "0", cwd=work)
     assert alone.returncode != 0 and "give two or more" in alone.stderr
     beyond = run_script("quality.py", "--out", "beyond", "--model", model, model, "--flair-only-members", "2", cwd=work)
