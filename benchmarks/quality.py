@@ -121,6 +121,24 @@ def main() -> None:
         raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
                          "(the same command without --evaluate-only).")
 
+    if args.model is None and not args.evaluate_only:
+        # Never train a finished run again, nor continue one trained otherwise: only a run that was
+        # stopped (killed, a lost session) resumes, at its last finished epoch.
+        not_training = {"data_dir", "out", "cache_dir", "evaluate_only", "model", "flair_only_members", "minutes"}
+        settings = {key: value for key, value in vars(args).items() if key not in not_training}
+        settings["time_budget_minutes"] = args.minutes  # may change on resumption, as in notebook 04
+        try:
+            state = training.prepare_run(run_dir, json.loads(json.dumps(settings, default=str)),
+                                         what_to_do="Give the options it was trained with to continue it, "
+                                                    "or choose another --out.")
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        if state == "finished":
+            raise SystemExit(f"{run_dir} holds a finished run: score it again with the same command and "
+                             "--evaluate-only, or choose another --out to train anew.")
+        if state == "resume":
+            print(f"Resuming the run in {run_dir} at its last finished epoch.")
+
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     init_seed = args.seed if args.init_seed is None else args.init_seed

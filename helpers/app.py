@@ -156,6 +156,18 @@ def launch_app(app: gr.Blocks, port: int | None = None, share: bool = False, max
                       show_error=True, **launch_options)
 
 
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """Name and bytes of each file in a ``FileUpload`` widget's value, in either ipywidgets format.
+
+    ipywidgets 8 gives a tuple of dicts with ``name`` and ``content``;
+    ipywidgets 7 (still found in some Colab images) a dict from file name
+    to a dict with ``content``.
+    """
+    if isinstance(value, dict):
+        return [(name, bytes(item["content"])) for name, item in value.items()]
+    return [(item["name"], bytes(item["content"])) for item in value]
+
+
 def upload_widget(model_path: str | os.PathLike | None = None, threshold: float | None = None,
                   min_component_pixels: int | None = None):
     """A notebook widget: upload images, see image, mask and overlay.
@@ -197,14 +209,14 @@ def upload_widget(model_path: str | os.PathLike | None = None, threshold: float 
     def on_upload(change) -> None:
         with output:
             output.clear_output()
-            for item in change["new"]:
+            for name, content in uploaded_files(change["new"]):
                 try:
-                    image = inference.load_image(item["content"], name=item["name"])
+                    image = inference.load_image(content, name=name)
                 except inference.ImageLoadError as error:
                     print(error)
                     continue
                 result = inference.segment(model, image, threshold, min_component_pixels)
-                figure = inference.segmentation_figure([image], [result], [item["name"]])
+                figure = inference.segmentation_figure([image], [result], [name])
                 display(figure)
                 plt.close(figure)
 

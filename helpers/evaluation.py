@@ -77,7 +77,9 @@ def predict_probabilities(
     """Tumour probability of every pixel, at the images' own size.
 
     Images are resized to the model's input size (area interpolation),
-    predicted, and the probabilities resized back (bilinear).
+    predicted, and the probabilities resized back (bilinear). Images that
+    are not square are first padded with black to a square, centred, so
+    that anatomy is not stretched, and the probabilities cropped back.
 
     Args:
         model: a model mapping (B, S, S, 3) in [0, 1] to (B, S, S, 1).
@@ -96,6 +98,12 @@ def predict_probabilities(
         raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}: pass a batch of RGB "
                          "slices as helpers.data.load_arrays gives them (one slice: images[None]).")
     size = model.input_shape[1]
+    original_height, original_width = images.shape[1:3]
+    side = max(original_height, original_width)
+    top, left = (side - original_height) // 2, (side - original_width) // 2
+    if original_height != original_width:
+        images = np.pad(images, ((0, 0), (top, side - original_height - top), (left, side - original_width - left),
+                                 (0, 0)))
     height, width = images.shape[1:3]
     outputs = np.empty(images.shape[:3], dtype=np.float32)
     starts = range(0, len(images), batch_size)
@@ -112,7 +120,7 @@ def predict_probabilities(
         if (height, width) != (size, size):
             probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
         outputs[start:start + batch_size] = np.asarray(probabilities)[..., 0]
-    return outputs
+    return outputs[:, top:top + original_height, left:left + original_width]
 
 
 def binarize(probabilities: np.ndarray, threshold: float = 0.5, min_component_pixels: int = 0) -> np.ndarray:

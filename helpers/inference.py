@@ -287,9 +287,10 @@ def segment(
 ) -> Segmentation:
     """Predict the tumour mask of one image at its own size.
 
-    The image is resized to the model's input size, predicted, and the
-    probabilities resized back (``helpers.evaluation.predict_probabilities``),
-    then thresholded (``helpers.evaluation.binarize``).
+    The image is resized to the model's input size (padded with black to
+    a square first if it is not square), predicted, and the probabilities
+    resized back (``helpers.evaluation.predict_probabilities``), then
+    thresholded (``helpers.evaluation.binarize``).
 
     Args:
         model: a model mapping (B, S, S, 3) in [0, 1] to (B, S, S, 1).
@@ -298,7 +299,8 @@ def segment(
         min_component_pixels: predicted regions (8-connected) with fewer
             pixels than this, counted on a 256x256 slice (the dataset's
             size, where it was chosen), are dropped; on an image of another
-            size the count is scaled by its area (x4 at 512x512). 0 keeps all.
+            size the count is scaled by the area of the square it is padded
+            to (x4 at 512x512 and at 512x300). 0 keeps all.
 
     Returns:
         A ``Segmentation`` whose arrays have the image's height and width.
@@ -316,7 +318,7 @@ def segment(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be between 0 and 1.")
     probabilities = evaluation.predict_probabilities(model, image[None])[0]
-    scaled_pixels = round(min_component_pixels * image.shape[0] * image.shape[1] / REFERENCE_PIXELS)
+    scaled_pixels = round(min_component_pixels * max(image.shape[:2]) ** 2 / REFERENCE_PIXELS)
     if min_component_pixels > 0:
         scaled_pixels = max(scaled_pixels, 1)
     mask = evaluation.binarize(probabilities, threshold, scaled_pixels)

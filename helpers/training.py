@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -572,6 +573,36 @@ def export_model(source: str | Path, destination: str | Path, dtype: str | None 
     return destination
 
 
+def publish_model(checkpoint: str | Path, model_path: str | Path, dtype: str | None = "float32") -> bool:
+    """Export a run's best checkpoint as the model the notebooks use, keeping the one it replaces.
+
+    An earlier ``model_path`` is copied to ``<name>.previous.keras`` and the
+    settings chosen for it (``<name>.json``, written by notebook 05) moved
+    to ``<name>.previous.json``. A ``model_path`` newer than the checkpoint
+    is already its export (a finished run opened again): it is left as it
+    is, with its settings, and nothing is copied over the previous one.
+
+    Args:
+        checkpoint: the run's ``best.keras``.
+        model_path: the ``.keras`` file to write (``ARTIFACTS_DIR/model.keras``).
+        dtype: as in ``export_model``; float32 by default, so the model
+            computes in float32 wherever it is loaded.
+
+    Returns:
+        True if the model was exported, False if the one there was kept.
+    """
+    checkpoint, model_path = Path(checkpoint), Path(model_path)
+    if model_path.is_file() and model_path.stat().st_mtime_ns > checkpoint.stat().st_mtime_ns:
+        return False
+    if model_path.is_file():
+        shutil.copy2(model_path, model_path.with_name(f"{model_path.stem}.previous.keras"))
+    settings = model_path.with_suffix(".json")
+    if settings.is_file():  # notebook 05's settings were chosen for the earlier model
+        shutil.move(settings, model_path.with_name(f"{model_path.stem}.previous.json"))
+    export_model(checkpoint, model_path, dtype=dtype)
+    return True
+
+
 def load_initial_weights(model: keras.Model, source: str | Path) -> keras.Model:
     """Start ``model`` from the weights of a saved network of the same architecture.
 
@@ -627,7 +658,9 @@ def _with_dtype_policy(config, dtype: str):
 RESUMABLE_CHANGES = ("name", "device", "epochs", "time_budget_minutes", "mixed_precision", "patience")
 
 
-def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str:
+def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
+                what_to_do: str = "Set RESUME = False to move it aside and train anew, or set the parameters "
+                                  "back to continue it.") -> str:
     """Decide what happens to the run folder before training: start, resume or keep.
 
     Notebook 04 calls this before ``train``. The settings are written to
@@ -643,6 +676,8 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str
             may change on resumption.
         resume: ``False`` moves a run already there aside, to
             ``training_<date-time>`` beside it, and starts anew.
+        what_to_do: the advice that ends the message refusing a run with
+            other settings (a script names its own options).
 
     Returns:
         ``"new"`` (no run there: train), ``"resume"`` (a run stopped before
@@ -673,8 +708,7 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True) -> str
         if changed:
             listed = ", ".join(f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
             raise ValueError(
-                f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). "
-                "Set RESUME = False to move it aside and train anew, or set the parameters back to continue it."
+                f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). {what_to_do}"
             )
     elif started:
         warnings.warn(f"{run_dir} holds a run without {settings_path.name} (written before runs recorded their "

@@ -107,3 +107,11 @@ def test_threshold_and_smallest_region_given_override_the_recorded_ones(files):
     assert area == 0
     kept = web_app.build_app(files["model"]).fns[0].fn(str(files["slice"]), 0.05)[2]
     assert kept > 0
+
+
+def test_uploads_are_read_in_both_ipywidgets_formats(files):
+    content = files["slice"].read_bytes()
+    version_8 = ({"name": "slice.png", "type": "image/png", "size": len(content), "content": memoryview(content)},)
+    version_7 = {"slice.png": {"metadata": {"name": "slice.png", "size": len(content)}, "content": content}}
+    assert web_app.uploaded_files(version_8) == web_app.uploaded_files(version_7) == [("slice.png", content)]
+

@@ -196,6 +196,15 @@ def test_images_of_another_size_are_resized_and_wrong_shapes_are_refused(tiny_mo
     assert not np.allclose(plain, mirrored[:, :, ::-1], atol=1e-3)  # the flip changes something
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         predict_probabilities(model, images[..., 0])
+    # Not square: predicted as the square it is padded to with black, centred, then cropped back,
+    # so the anatomy is not stretched.
+    square = np.zeros((3, 80, 80, 3), np.uint8)
+    square[:, 16:64] = images
+    np.testing.assert_allclose(plain, predict_probabilities(model, square, batch_size=2)[:, 16:64], atol=1e-6)
+    tall = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
+    np.testing.assert_allclose(predict_probabilities(model, tall, batch_size=2),
+                               predict_probabilities(model, square.transpose(0, 2, 1, 3), batch_size=2)[:, :, 16:64],
+                               atol=1e-6)
 
 
 def test_single_slice_settings_skip_flips_and_volume_filters_and_reach_inference(tmp_path):

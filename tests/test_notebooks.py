@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -94,6 +96,20 @@ def test_notebook_opening_follows_the_house_style(name):
     for shared in ("DATA_DIR", "ARTIFACTS_DIR", "SEED"):
         assert f"{shared} = " in cells[5].source, f"{name}: parameter {shared} missing"
     assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_opening_cell_moves_a_local_jupyter_kernel_to_the_repository_root(name, tmp_path):
+    # Jupyter starts a kernel in the notebook's folder; the series reads and writes artifacts/ from the root.
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    opening = nbformat.read(NOTEBOOKS / name, as_version=4).cells[3].source
+    script = tmp_path / "opening.py"
+    script.write_text(TransformerManager().transform_cell(opening) + "\nprint(os.getcwd())\n")
+    for where, expected in ((NOTEBOOKS, NOTEBOOKS.parent), (tmp_path, tmp_path)):
+        completed = subprocess.run([sys.executable, str(script)], cwd=where, capture_output=True, text=True, timeout=60)
+        assert completed.returncode == 0, completed.stderr
+        assert Path(completed.stdout.strip()) == expected.resolve()
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_NAMES)
@@ -183,8 +199,11 @@ def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series
     printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
     assert "ended earlier: it is kept, not trained again" in printed
     pd.testing.assert_frame_equal(pd.read_csv(artifacts / "training" / "history.csv"), history_before)
-    # The settings notebook 05 chose for the model were moved aside with it.
-    assert (artifacts / "model.previous.json").exists() and not (artifacts / "model.json").exists()
+    # The model is this run's, as are the settings notebook 05 chose for it: both stay, nothing is moved aside.
+    assert "already this run's best epoch: kept as it is, with its settings" in printed
+    assert (artifacts / "model.json").read_bytes() == (series / "model.json").read_bytes()
+    assert (artifacts / "model.keras").read_bytes() == (series / "model.keras").read_bytes()
+    assert not (artifacts / "model.previous.json").exists() and not (artifacts / "model.previous.keras").exists()
 
     with pytest.raises(pytest.fail.Exception, match=r"ValueError.*base_filters: 16 there, 32 now"):
         execute("04_training.ipynb", tmp_path, {**parameters, "BASE_FILTERS": 32})

@@ -131,6 +131,14 @@ def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
     assert "bfloat16" not in json.dumps(exported.get_config())
     # The training side was decoded a second time, with soft masks, into a cache of its own.
     assert len(list((tmp_path / "cache").glob("slices_*"))) == 3  # 32 hard, 32 soft (training side), 256
+    # The same command again does not train the finished run a second time; other settings are named.
+    soft_command = ["--data-dir", "data", "--out", "soft", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+                    "--soft-masks", "--cache-dir", str(tmp_path / "cache"), "--policy", "mixed_bfloat16"]
+    twice = run_script("quality.py", *soft_command, cwd=work)
+    assert twice.returncode != 0 and "holds a finished run" in twice.stderr and "--evaluate-only" in twice.stderr
+    wider = run_script("quality.py", *soft_command, "--width", "8", cwd=work)
+    assert wider.returncode != 0 and "width: 16 there, 8 now" in wider.stderr and "another --out" in wider.stderr
+    assert json.loads((work / "soft" / "quality.json").read_text()) == report  # nothing overwritten
     refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
     assert refused.returncode != 0 and "--soft-masks sets how the network trains" in refused.stderr
     # A finished run continued from its weights (a warm restart); a network of another width is refused.

@@ -28,6 +28,7 @@ from helpers.training import (
     compile_model,
     load_initial_weights,
     prepare_run,
+    publish_model,
     steps_per_epoch,
     train,
 )
@@ -410,6 +411,37 @@ def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
     assert getattr(clean, "optimizer", None) is None
     assert (tmp_path / "clean.keras").stat().st_size < 0.6 * (tmp_path / "trained.keras").stat().st_size
     np.testing.assert_allclose(clean.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_published_model_keeps_the_previous_one_and_a_finished_run_keeps_its_own(tmp_path):
+    import os
+
+    x = np.random.default_rng(2).random((2, 32, 32, 3)).astype("float32")
+    first, second = (build_resunet((32, 32, 3), base_filters=4, depth=2) for _ in range(2))
+    model_path = tmp_path / "model.keras"
+    first.save(tmp_path / "best.keras")
+    assert publish_model(tmp_path / "best.keras", model_path)
+    np.testing.assert_allclose(keras.models.load_model(model_path).predict(x, verbose=0),
+                               first.predict(x, verbose=0), atol=1e-6)
+    settings = {"single_slice": {"threshold": 0.35}}
+    model_path.with_suffix(".json").write_text(json.dumps(settings))  # as notebook 05 writes them
+
+    # The notebook opened again on the finished run: the model and its settings stay; no previous one.
+    assert not publish_model(tmp_path / "best.keras", model_path)
+    assert json.loads(model_path.with_suffix(".json").read_text()) == settings
+    assert not (tmp_path / "model.previous.keras").exists()
+
+    # A new best checkpoint: the earlier model and its settings move to .previous.
+    second.save(tmp_path / "best.keras")
+    later = model_path.stat().st_mtime_ns + 10**9
+    os.utime(tmp_path / "best.keras", ns=(later, later))
+    assert publish_model(tmp_path / "best.keras", model_path)
+    np.testing.assert_allclose(keras.models.load_model(model_path).predict(x, verbose=0),
+                               second.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.previous.keras").predict(x, verbose=0),
+                               first.predict(x, verbose=0), atol=1e-6)
+    assert json.loads((tmp_path / "model.previous.json").read_text()) == settings
+    assert not model_path.with_suffix(".json").exists()
 
 
 def test_initial_weights_carry_over_into_a_bfloat16_model_and_a_misfit_is_named(tmp_path):
