@@ -677,7 +677,8 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
         resume: ``False`` moves a run already there aside, to
             ``training_<date-time>`` beside it, and starts anew.
         what_to_do: the advice that ends the message refusing a run with
-            other settings (a script names its own options).
+            other settings, and the warning about a run without
+            ``settings.json`` (a script names its own options).
 
     Returns:
         ``"new"`` (no run there: train), ``"resume"`` (a run stopped before
@@ -712,8 +713,8 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
             )
     elif started:
         warnings.warn(f"{run_dir} holds a run without {settings_path.name} (written before runs recorded their "
-                      "settings): they cannot be compared, so it is taken as trained with today's. If it is not, "
-                      "set RESUME = False to move it aside and train anew.", stacklevel=2)
+                      "settings): they cannot be compared, so it is taken as trained with today's. If it was not: "
+                      f"{what_to_do}", stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(json.dumps(settings, indent=2))
     if not started:

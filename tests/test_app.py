@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import gradio_client
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from helpers import app as web_app
-
-gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")
