@@ -137,7 +137,7 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
     (seeded by the seed, the epoch and the batch) and complete (the last
     partial batch is dropped, so the compiled step keeps one shape). As in
     ``make_dataset``, ``oversample_tumour`` adds that share of the tumour
-    slices again, drawn once with the seed.
+    slices again, drawn afresh each epoch from the seed and the epoch.
 
     Args:
         stacks: uint8 (N, H, W, C + 1), image channels 0-255 then the mask 0/1.
@@ -156,10 +156,10 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
     from helpers.preprocessing import augment_stacked, split_stacked
 
     indices = np.arange(len(stacks))
+    tumour, extra = indices[:0], 0
     if training and oversample_tumour > 0:
         tumour = indices[stacks[..., 3].reshape(len(stacks), -1).max(axis=1) > 0]
-        extra = np.random.default_rng(seed).choice(tumour, size=int(round(len(tumour) * oversample_tumour)))
-        indices = np.concatenate([indices, extra])
+        extra = int(round(len(tumour) * oversample_tumour)) if len(tumour) else 0
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -170,10 +170,11 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
         def _order(self):
             if not training:
                 return indices
-            return np.random.default_rng([seed, self.epoch]).permutation(indices)
+            rng = np.random.default_rng([seed, self.epoch])
+            return rng.permutation(np.concatenate([indices, rng.choice(tumour, size=extra)]))
 
         def __len__(self):
-            count = len(indices) / batch_size
+            count = (len(indices) + extra) / batch_size
             return int(count) if training else math.ceil(count)
 
         def __getitem__(self, index):

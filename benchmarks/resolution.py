@@ -4,12 +4,13 @@ The CPU profile trains and predicts at 128x128 and its masks are scored at
 the slices' own 256x256. Even a perfect network loses what the smaller grid
 cannot draw. This script measures that loss on the ground truth alone, with
 no model: each mask is resized to the input size as every training cache
-resizes it (nearest neighbour, ``helpers.data.resize_slice``), taken as a
+resizes it (``helpers.data.resize_slice``: area averaging, thresholded at
+one half; nearest neighbour before the twenty-seventh session), taken as a
 perfect prediction of 0/1 probabilities, resized back to the slice's size
 as ``helpers.evaluation.predict_probabilities`` resizes probabilities
 (bilinear), thresholded at 0.5, and scored against the original mask.
-It does so twice: with hard masks (0/1, nearest neighbour), what training
-has used by default, and with soft ones (each pixel the share of it the
+It does so twice: with hard masks (0/1), what training uses by default,
+and with soft ones (each pixel the share of it the
 tumour covers, area averaging: ``quality.py --soft-masks``), what a network
 trained on soft targets would predict at best.
 
@@ -42,8 +43,8 @@ def round_trip(masks: np.ndarray, size: int, soft: bool = False, batch_size: int
     Args:
         masks: uint8 (N, H, W), values 0/1.
         size: the model's input height and width.
-        soft: resize down by area averaging (fractions), as the soft
-            training targets are, instead of nearest neighbour (0/1).
+        soft: keep the area-averaged fractions, as the soft training
+            targets are, instead of thresholding them at one half (0/1).
         batch_size: slices resized at once.
 
     Returns:
@@ -96,7 +97,7 @@ def main() -> None:
         "command": training.command_line("benchmarks/resolution.py", args),
         "machine": f"{platform.machine()}, {training.describe_device()}",
         "what": "Dice of the ground truth against itself after a round trip through the input size "
-                "(nearest neighbour (hard) or area averaging (soft) down, bilinear up, threshold 0.5): "
+                "(area averaging down, thresholded at one half (hard) or not (soft), bilinear up, threshold 0.5): "
                 "the most a model at that size, trained on such targets, can score",
         "slices": int(len(masks)),
         "results": rows,

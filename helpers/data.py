@@ -704,9 +704,9 @@ def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
         image: uint8 (H, W, C), 0-255.
         mask: uint8 (H, W), 0/1.
         size: output height and width.
-        soft_mask: resize the mask by area averaging too, keeping the share
-            of each new pixel the tumour covers (0 to ``SOFT_MASK_LEVELS``),
-            instead of nearest neighbour (0/1). A network trained on such
+        soft_mask: keep the share of each new pixel the tumour covers (0
+            to ``SOFT_MASK_LEVELS``) instead of thresholding it at one half
+            (0/1). A network trained on such
             targets learns that share, and its probabilities, resized back
             to full size and thresholded, can draw an edge between the
             pixels of its grid (``benchmarks/resolution.py`` measures what
@@ -714,16 +714,20 @@ def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
 
     Returns:
         The image resized by area averaging, uint8 (size, size, C), and the
-        mask: uint8 (size, size), 0/1 by nearest neighbour, or
-        0-``SOFT_MASK_LEVELS`` with ``soft_mask``.
+        mask resized by area averaging too, so that it stays registered with
+        the image: uint8 (size, size), 0/1 (pixels at least half tumour), or
+        0-``SOFT_MASK_LEVELS`` with ``soft_mask``. (Nearest neighbour, used
+        before the twenty-seventh session, takes one corner pixel of each
+        block: halving 256 to 128, it moved every mask half an original
+        pixel down and right of its image.)
     """
     import cv2
 
+    share = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
     if soft_mask:
-        resized_mask = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-        resized_mask = np.rint(resized_mask * SOFT_MASK_LEVELS).astype(np.uint8)
+        resized_mask = np.rint(share * SOFT_MASK_LEVELS).astype(np.uint8)
     else:
-        resized_mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        resized_mask = (share >= 0.5).astype(np.uint8)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), resized_mask
 
 
@@ -916,8 +920,9 @@ def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:
         stat = os.stat(path)
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     digest.update(str(size).encode())
-    if soft_masks:  # hard masks keep the key they always had, so existing caches stay valid
-        digest.update(b"|soft")
+    # Hard masks are resized by area averaging since the twenty-seventh session (by nearest
+    # neighbour before, which misplaced them): a new key, so no older cache is read.
+    digest.update(b"|soft" if soft_masks else b"|area")
     return digest.hexdigest()[:16]
 
 
@@ -946,8 +951,9 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every slice of a manifest into two arrays, resized to ``size``.
 
-    Images are resized with area interpolation, masks with nearest neighbour,
-    so masks stay binary (or by area too, with ``soft_masks``). Slices are decoded by several threads at once
+    Images and masks are resized with area interpolation, masks then
+    thresholded at one half so they stay binary and registered with their
+    images (kept as shares with ``soft_masks``; see ``resize_slice``). Slices are decoded by several threads at once
     (OpenCV and tifffile release the interpreter lock). Decoded arrays are
     cached as two ``.npy`` files in a folder under ``cache_dir`` (never in the
     data folder), keyed by the image and mask files' paths, sizes and times,

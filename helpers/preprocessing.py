@@ -553,7 +553,9 @@ def make_dataset(
         augment: apply augmentation when ``training``.
         seed: seed of shuffling and augmentation.
         oversample_tumour: when > 0, each tumour slice is included
-            ``1 + oversample_tumour`` times per epoch on average.
+            ``1 + oversample_tumour`` times per epoch on average: every
+            slice once, and that share of the tumour slices again, drawn
+            afresh each epoch (with replacement).
         flair_only_probability: share of training slices shown as FLAIR
             only (see ``augment_batch``).
         rotate_zoom_probability: share of training slices rotated and
@@ -600,15 +602,18 @@ def make_dataset(
     out_type = tf.float32 if scale else tf.uint8
     mask_type = tf.float32 if scale or mask_levels != 1 else tf.uint8
     indices = np.arange(len(images))
-    if training and oversample_tumour > 0:
-        tumour = indices[slice_top > 0]
-        extra = np.random.default_rng(seed).choice(
-            tumour, size=int(round(len(tumour) * oversample_tumour)), replace=True
-        )
-        indices = np.concatenate([indices, extra])
     dataset = tf.data.Dataset.from_tensor_slices(indices)
+    epoch_length = len(indices)
+    if training and oversample_tumour > 0:
+        tumour = tf.constant(indices[slice_top > 0])
+        extra = int(round(len(tumour) * oversample_tumour))
+        if extra:
+            # A fresh draw of tumour slices each epoch (each pass over the dataset), from the seed.
+            draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(extra)
+            dataset = dataset.concatenate(draws.map(lambda r: tf.gather(tumour, r % len(tumour))))
+            epoch_length += extra
     if training:
-        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(epoch_length, seed=seed, reshuffle_each_iteration=True)
 
     # Each slice travels with its mask as one more channel: one gather, and one
     # four-channel warp (OpenCV's fastest path) moves both.

@@ -329,6 +329,23 @@ def test_load_arrays_resizes_caches_and_keeps_masks_binary(synthetic_root, synth
     np.testing.assert_array_equal(masks_again, masks)
 
 
+def test_a_resized_mask_stays_on_its_image():
+    # Halving 256 -> 128, pixel k stands for original pixels 2k and 2k + 1 (centre 2k + 0.5). Over
+    # tumours starting on even and odd rows and columns, the resized mask's centre of mass must fall
+    # where the tumour's is, on average; nearest neighbour would put it half a pixel down and right.
+    errors = []
+    for top, left in ((100, 60), (101, 60), (100, 61), (101, 61)):
+        mask = np.zeros((256, 256), np.uint8)
+        mask[top:top + 39, left:left + 29] = 1
+        image = np.repeat(mask[..., None] * 255, 3, axis=-1).astype(np.uint8)
+        small_image, small_mask = data.resize_slice(image, mask, 128)
+        # Where the area-averaged image is at least half bright, the mask is tumour: the same pixels.
+        np.testing.assert_array_equal(small_mask, (small_image[..., 0] >= 127.5).astype(np.uint8))
+        rows, columns = np.nonzero(small_mask)
+        errors.append((rows.mean() * 2 + 0.5 - (top + 19), columns.mean() * 2 + 0.5 - (left + 14)))
+    assert np.abs(np.mean(errors, axis=0)).max() < 0.05, errors
+
+
 def test_soft_masks_keep_each_pixels_tumour_share_in_a_cache_of_their_own(synthetic_manifest, tmp_path):
     rows = synthetic_manifest[synthetic_manifest["tumour_pixels"] > 0].head(4)
     cache = tmp_path / "cache"
@@ -342,8 +359,9 @@ def test_soft_masks_keep_each_pixels_tumour_share_in_a_cache_of_their_own(synthe
         # Halving 32 -> 16 by area: each pixel is the share of its 2x2 block the tumour covers.
         share = full.reshape(16, 2, 16, 2).mean(axis=(1, 3))
         np.testing.assert_allclose(soft[index] / data.SOFT_MASK_LEVELS, share, atol=0.5 / data.SOFT_MASK_LEVELS)
-        # The hard mask is nearest neighbour: 0/1, and 1 wherever the block is fully covered.
-        assert set(np.unique(hard[index]).tolist()) <= {0, 1} and hard[index][share == 1].all()
+        # The hard mask is that share thresholded at one half: registered with the image, which is
+        # averaged over the same 2x2 blocks (nearest neighbour would take each block's top-left pixel).
+        np.testing.assert_array_equal(hard[index], (share >= 0.5).astype(np.uint8))
     # Slices already at the asked size keep their 0/1 masks, on the soft scale.
     _, same_size = load_arrays(rows, size=32, show_progress=False, soft_masks=True)
     for index in range(len(rows)):

@@ -388,6 +388,33 @@ def test_training_dataset_shapes_ranges_and_oversampling(synthetic_arrays):
         assert count == expected_count
 
 
+def test_oversampled_tumour_slices_are_drawn_afresh_each_epoch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((40, 16, 16), np.uint8)
+    masks[:20, 4:8, 4:8] = 1  # slices 0-19 hold tumour
+    which = {image.tobytes(): index for index, image in enumerate(images)}
+
+    def epochs(dataset, count):
+        # Each pass over the dataset is an epoch, as in fit: which slice came how often.
+        counts = []
+        for _ in range(count):
+            seen = np.zeros(40, int)
+            for batch, _ in dataset.as_numpy_iterator():
+                for image in np.rint(batch * 255).astype(np.uint8):
+                    seen[which[image.tobytes()]] += 1
+            counts.append(seen)
+        return counts
+
+    make = lambda: make_dataset(images, masks, batch_size=8, training=True, seed=0,  # noqa: E731
+                                oversample_tumour=1.0, augment=False)
+    first, second, third = epochs(make(), 3)
+    for seen in (first, second, third):
+        assert seen.sum() == 60 and seen.min() == 1 and (seen[20:] == 1).all()  # every slice, 20 extra tumour
+    assert not (np.array_equal(first, second) and np.array_equal(second, third))  # a new draw each epoch
+    np.testing.assert_array_equal(epochs(make(), 1)[0], first)  # and the same draws from the same seed
+
+
 def test_memory_mapped_slices_stream_the_same_batches(synthetic_arrays, tmp_path):
     images, masks = synthetic_arrays
     np.save(tmp_path / "images.npy", images)
