@@ -165,7 +165,8 @@ def stacks(patients: np.ndarray, slice_numbers: np.ndarray | None = None) -> lis
             ``slice``), or ``None`` to take each patient's rows as one
             unbroken stack. A stack is cut where the step between two rows
             is more than twice the patient's usual (median) step: where
-            more than one slice in a row is missing. One missing slice (a
+            more than one slice in a row is missing, and where the numbers
+            start again (a second scan of the patient). One missing slice (a
             slice dropped by validation, say) does not cut it, since a
             tumour goes on across it, and halves of a tumour could each
             fall below the smallest size kept.
@@ -181,7 +182,8 @@ def stacks(patients: np.ndarray, slice_numbers: np.ndarray | None = None) -> lis
             result.append(rows)
             continue
         steps = np.diff(np.asarray(slice_numbers, dtype=float)[rows])
-        gaps = np.flatnonzero(steps > 2 * np.median(steps)) + 1
+        # A stack ends at a large gap, and where the numbering starts again (a second scan of the patient).
+        gaps = np.flatnonzero((steps > 2 * np.median(steps)) | (steps <= 0)) + 1
         result.extend(np.split(rows, gaps))
     return result
 

@@ -207,13 +207,23 @@ def _pillow_to_array(image: Image.Image) -> np.ndarray:
     return array
 
 
+class _NotGreyOrRgb(Exception):
+    """A TIFF whose pixels are not grey or RGB values (palette, CMYK, YCbCr...): Pillow converts those."""
+
+
 def _read_tiff(content: bytes, name: str) -> np.ndarray:
     with tifffile.TiffFile(io.BytesIO(content)) as tiff:
         page = tiff.pages[0]
         axes = page.axes
         shape = dict(zip(axes, page.shape, strict=True))
         _check_pixels(shape.get("Y", 1), shape.get("X", 1), name)
+        photometric = page.photometric
+        if photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB,
+                               tifffile.PHOTOMETRIC.MINISWHITE):
+            raise _NotGreyOrRgb(f"photometric {photometric.name}")
         array = page.asarray()
+        if photometric == tifffile.PHOTOMETRIC.MINISWHITE:  # 0 is white: turn it the usual way round
+            array = ~array if array.dtype == bool else np.iinfo(array.dtype).max - array
         orientation_tag = page.tags.get("Orientation")
         orientation = int(orientation_tag.value) if orientation_tag is not None else 1
     if "S" in axes and axes.index("S") < axes.index("Y"):

@@ -78,10 +78,10 @@ def hausdorff95(truth: np.ndarray, prediction: np.ndarray) -> float:
 
     Boundary pixels are the mask's pixels with a 4-neighbour outside it. The
     distances from every boundary pixel of each mask to the nearest boundary
-    pixel of the other are pooled and their 95th percentile returned. This
-    pooled form is never larger than the one MedPy and MONAI compute (the
-    larger of the two directed 95th percentiles), and it is per 2D slice:
-    compare it with figures computed the same way, not with 3D HD95 in mm.
+    pixel of the other are pooled and their 95th percentile returned, as
+    MedPy's ``hd95`` does; MONAI's takes the larger of the two directed
+    95th percentiles, which is never smaller. It is per 2D slice: compare it
+    with figures computed the same way, not with 3D HD95 in mm.
 
     Args:
         truth: 0/1 array (H, W).

@@ -170,6 +170,8 @@ def test_the_3d_filter_cuts_a_stack_only_where_several_slices_are_missing():
     np.testing.assert_array_equal(remove_small_volumes(masks, patients, 10), masks)
     assert [rows.tolist() for rows in stacks(np.array(["a"] * 4 + ["b"] * 2), np.array([1, 2, 5, 6, 1, 2]))] == \
         [[0, 1], [2, 3], [4, 5]]
+    # Two scans of one patient, numbered 1-3 and 1-3 again: the last slice of one is not the first's neighbour.
+    assert [rows.tolist() for rows in stacks(np.array(["a"] * 6), np.array([1, 2, 3, 1, 2, 3]))] == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_missing_model_file_names_the_notebook_that_writes_it(tmp_path):

@@ -117,6 +117,29 @@ def test_tiff_kinds(tmp_path, array):
     np.testing.assert_array_equal(loaded[..., 1], expected)
 
 
+def tiff_bytes(data: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, data, **options)
+    return buffer.getvalue()
+
+
+def test_tiffs_that_store_other_than_grey_or_rgb_values_give_their_colours():
+    grey = np.array([[0, 255], [128, 64]], np.uint8)
+    # Stored 0 = white: turned round, for 8 and 16 bits.
+    assert load_image(tiff_bytes(255 - grey, photometric="miniswhite"), name="white.tif")[..., 0].tolist() == \
+        grey.tolist()
+    deep = load_image(tiff_bytes(np.array([[0, 65535], [65535, 0]], np.uint16), photometric="miniswhite"), name="w16.tif")
+    assert deep[..., 0].tolist() == [[255, 0], [0, 255]]
+    # A palette: indices become the colours they stand for.
+    colours = np.zeros((3, 256), np.uint16)
+    colours[0, 1] = colours[1, 2] = 65535
+    indexed = load_image(tiff_bytes(np.array([[0, 1], [2, 1]], np.uint8), photometric="palette", colormap=colours),
+                         name="palette.tif")
+    assert indexed.reshape(-1, 3).tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [255, 0, 0]]
+    # CMYK with no ink is white, not a black image with an alpha channel.
+    assert (load_image(tiff_bytes(np.zeros((2, 2, 4), np.uint8), photometric="separated"), name="cmyk.tif") == 255).all()
+
+
 def test_planar_tiff_moves_channels_last():
     planes = np.stack([gradient(), 255 - gradient(), gradient() // 2])
     buffer = io.BytesIO()
