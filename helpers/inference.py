@@ -484,7 +484,8 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def pick_test_slices(
-    artifacts_dir: str | os.PathLike, count: int = 4, seed: int = 42, data_dir: str | os.PathLike | None = None
+    artifacts_dir: str | os.PathLike, count: int = 4, seed: int = 42, data_dir: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | None = None,
 ) -> list[Path]:
     """A few test-split slices to try the model on, half of them with tumour.
 
@@ -496,12 +497,22 @@ def pick_test_slices(
         seed: random seed of the choice.
         data_dir: the dataset folder, when it moved since the manifest was
             written (see ``helpers.data.load_manifest``, which finds it again).
+        model_path: the model that will segment them: when its ``.json``
+            records validation patients other than this split's, it was
+            trained on another split, and a warning says that these "test"
+            slices may be its training patients
+            (``helpers.evaluation.check_model_split``).
 
     Returns:
         Paths of the slices (``*.tif``), tumour slices first.
 
     Raises:
         FileNotFoundError: if the tables are missing, saying which notebook writes them.
+
+    Warns:
+        UserWarning: when the split has no test patients (slices are then
+            picked from all patients, training ones included), or when the
+            model was trained on another split.
     """
     artifacts_dir = Path(artifacts_dir)
     tables = [artifacts_dir / "manifest.csv", artifacts_dir / "split.csv"]
@@ -518,7 +529,11 @@ def pick_test_slices(
     test_patients = set(split.loc[split["split"] == "test", "patient"])
     rows = manifest[manifest["patient"].isin(test_patients) & manifest["image_path"].notna()]
     if rows.empty:
+        warnings.warn(f"{tables[1]} has no test patients with slices: picking from all patients, training ones "
+                      "included, so the Dice shown says nothing of patients the model never saw.", stacklevel=2)
         rows = manifest[manifest["image_path"].notna()]
+    if model_path is not None:
+        evaluation.check_model_split(model_path, split.loc[split["split"] == "val", "patient"])
     rng = np.random.default_rng(seed)
     with_tumour = rows[rows["tumour_pixels"] > 0]
     without = rows[rows["tumour_pixels"] == 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,15 @@ def test_pick_test_slices_takes_test_patients_tumour_first(tmp_path):
     assert len(chosen) == 3
     assert all(p.parent.name == "C1" for p in chosen)
     assert {p.name for p in chosen[:2]} == {"C1_1.tif", "C1_3.tif"}
+    # A model chosen on another split's validation patients: these "test" slices may be its training ones.
+    model_path = tmp_path / "other.keras"
+    model_path.with_suffix(".json").write_text(json.dumps({"val_patients": ["P9"]}))
+    with pytest.warns(UserWarning, match=r"other\.json records validation patients other than this split's"):
+        inference.pick_test_slices(tmp_path, count=3, seed=0, model_path=model_path)
+    # No test patients: picked from all, and said.
+    pd.DataFrame({"patient": ["P1", "P2"], "split": ["train", "val"]}).to_csv(tmp_path / "split.csv", index=False)
+    with pytest.warns(UserWarning, match="no test patients.*training ones included"):
+        assert len(inference.pick_test_slices(tmp_path, count=3, seed=0)) == 3
 
 
 def test_pick_test_slices_names_the_missing_tables(tmp_path):
