@@ -406,8 +406,9 @@ def test_oversampled_tumour_slices_are_drawn_afresh_each_epoch():
             counts.append(seen)
         return counts
 
-    make = lambda: make_dataset(images, masks, batch_size=8, training=True, seed=0,  # noqa: E731
-                                oversample_tumour=1.0, augment=False)
+    def make():
+        return make_dataset(images, masks, batch_size=8, training=True, seed=0, oversample_tumour=1.0, augment=False)
+
     first, second, third = epochs(make(), 3)
     for seen in (first, second, third):
         assert seen.sum() == 60 and seen.min() == 1 and (seen[20:] == 1).all()  # every slice, 20 extra tumour

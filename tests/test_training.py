@@ -9,6 +9,7 @@ in graph mode, as real training does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -414,8 +415,6 @@ def test_exported_model_has_no_optimizer_and_predicts_the_same(tmp_path):
 
 
 def test_published_model_keeps_the_previous_one_and_a_finished_run_keeps_its_own(tmp_path):
-    import os
-
     x = np.random.default_rng(2).random((2, 32, 32, 3)).astype("float32")
     first, second = (build_resunet((32, 32, 3), base_filters=4, depth=2) for _ in range(2))
     model_path = tmp_path / "model.keras"
