@@ -159,7 +159,7 @@ def make_batches(stacks: np.ndarray, batch_size: int, training: bool, seed: int,
     tumour, extra = indices[:0], 0
     if training and oversample_tumour > 0:
         tumour = indices[stacks[..., 3].reshape(len(stacks), -1).max(axis=1) > 0]
-        extra = int(round(len(tumour) * oversample_tumour)) if len(tumour) else 0
+        extra = int(round(len(tumour) * oversample_tumour))
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):

@@ -143,9 +143,7 @@ def test_tiffs_that_store_other_than_grey_or_rgb_values_give_their_colours():
 
 def test_planar_tiff_moves_channels_last():
     planes = np.stack([gradient(), 255 - gradient(), gradient() // 2])
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, planes, planarconfig="separate", photometric="rgb")
-    loaded = load_image(buffer.getvalue(), name="planar.tif")
+    loaded = load_image(tiff_bytes(planes, planarconfig="separate", photometric="rgb"), name="planar.tif")
     np.testing.assert_array_equal(loaded, np.moveaxis(planes, 0, -1))
 
 
