@@ -466,7 +466,9 @@ def build_manifest_from_pattern(
     are masks. The mask of ``img_001.png`` is ``img_001_mask.png`` beside it
     (the same extension first, then ``.png``, ``.jpg``, ``.jpeg``, ``.tif``,
     ``.tiff``, ``.bmp``). Hidden files and folders (names starting with ``.``)
-    are skipped. PNG, JPEG, BMP and TIFF are read (see ``read_image``).
+    are skipped. PNG, JPEG, BMP and TIFF are read (see ``read_image``),
+    turned as their EXIF orientation says; slices that are not square are
+    padded to a square before they are resized (``resize_slice``).
 
     Args:
         root: the folder to index.
@@ -696,6 +698,17 @@ SOFT_MASK_LEVELS = 255
 """Value of a fully covered pixel in a soft mask (``resize_slice(soft_mask=True)``)."""
 
 
+def square_padding(height: int, width: int) -> tuple[int, int, int, int]:
+    """Rows and columns of black that centre a ``height`` x ``width`` image in a square.
+
+    Returns:
+        (top, bottom, left, right), in pixels; all 0 for a square image.
+    """
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return top, side - height - top, left, side - width - left
+
+
 def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
                  soft_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resize one slice and its mask to ``size`` x ``size``, as every cache of this project does.
@@ -712,6 +725,10 @@ def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
             pixels of its grid (``benchmarks/resolution.py`` measures what
             each form loses).
 
+    A slice that is not square is first padded with black to a square,
+    centred, as ``helpers.evaluation.predict_probabilities`` pads what it
+    predicts, so that anatomy is not stretched in training either.
+
     Returns:
         The image resized by area averaging, uint8 (size, size, C), and the
         mask resized by area averaging too, so that it stays registered with
@@ -723,6 +740,10 @@ def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
     """
     import cv2
 
+    if image.shape[0] != image.shape[1]:
+        top, bottom, left, right = square_padding(*image.shape[:2])
+        image = np.pad(image, ((top, bottom), (left, right), (0, 0)))
+        mask = np.pad(mask, ((top, bottom), (left, right)))
     share = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
     if soft_mask:
         resized_mask = np.rint(share * SOFT_MASK_LEVELS).astype(np.uint8)
@@ -750,9 +771,12 @@ def _read_any(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
     try:
         if is_tiff:
             return tifffile.imread(path)
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         with Image.open(path) as image:
+            # A JPEG from a camera or viewer may be stored on its side, with an EXIF tag saying how
+            # to turn it; the mask must be turned the same way, so both are.
+            image = ImageOps.exif_transpose(image)
             if image.mode == "1":
                 image = image.convert("L")
             elif image.mode == "P" and not as_mask:
@@ -923,6 +947,9 @@ def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:
     # Hard masks are resized by area averaging since the twenty-seventh session (by nearest
     # neighbour before, which misplaced them): a new key, so no older cache is read.
     digest.update(b"|soft" if soft_masks else b"|area")
+    # Slices that are not square are padded to a square since the twenty-eighth session
+    # (stretched before); images read through Pillow follow their EXIF orientation.
+    digest.update(b"|square|exif")
     return digest.hexdigest()[:16]
 
 

@@ -21,6 +21,7 @@ from skimage import measure
 from tqdm.auto import tqdm
 
 from helpers import metrics
+from helpers.data import square_padding
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int, connectivity: int) -> np.ndarray:
@@ -99,11 +100,9 @@ def predict_probabilities(
                          "slices as helpers.data.load_arrays gives them (one slice: images[None]).")
     size = model.input_shape[1]
     original_height, original_width = images.shape[1:3]
-    side = max(original_height, original_width)
-    top, left = (side - original_height) // 2, (side - original_width) // 2
+    top, bottom, left, right = square_padding(original_height, original_width)
     if original_height != original_width:
-        images = np.pad(images, ((0, 0), (top, side - original_height - top), (left, side - original_width - left),
-                                 (0, 0)))
+        images = np.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
     height, width = images.shape[1:3]
     outputs = np.empty(images.shape[:3], dtype=np.float32)
     starts = range(0, len(images), batch_size)

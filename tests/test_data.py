@@ -417,3 +417,36 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(DatasetError, match="grey.tif"):
         data.read_image(grey)
     assert os.path.exists(grey)
+
+
+def test_a_slice_that_is_not_square_is_padded_not_stretched():
+    # 40 rows by 80 columns, a 20x20 tumour in the middle: shrunk to 40x40, the slice is first padded
+    # to 80x80 (20 black rows above and below), so the tumour stays square, 10x10, at the centre.
+    image = np.full((40, 80, 3), 60, np.uint8)
+    mask = np.zeros((40, 80), np.uint8)
+    mask[10:30, 30:50] = 1
+    image[mask == 1] = 200
+    small_image, small_mask = data.resize_slice(image, mask, 40)
+    assert small_image.shape == (40, 40, 3) and small_mask.shape == (40, 40)
+    assert (small_image[:10] == 0).all() and (small_image[30:] == 0).all()
+    assert (small_image[10:30] == 60).sum() > 0
+    rows, columns = np.nonzero(small_mask)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (15, 24, 15, 24)
+    assert data.square_padding(40, 80) == (20, 20, 0, 0) and data.square_padding(81, 80) == (0, 0, 0, 1)
+
+
+def test_exif_orientation_turns_a_slice_and_its_mask_alike(tmp_path):
+    from PIL import Image
+
+    # Stored 20 high and 40 wide with the tumour at the top left; orientation 6 means "turn 90
+    # degrees clockwise to view": viewed, 40 high and 20 wide with the tumour at the top right.
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "slice.png", exif=exif)
+    Image.fromarray(stored).save(tmp_path / "slice_mask.png", exif=exif)
+    image, mask = data.read_image(tmp_path / "slice.png"), data.read_mask(tmp_path / "slice_mask.png")
+    assert image.shape == (40, 20, 3) and mask.shape == (40, 20)
+    np.testing.assert_array_equal(mask, np.rot90(stored, k=-1) > 0)
+    np.testing.assert_array_equal(image[..., 0], np.rot90(stored, k=-1))
