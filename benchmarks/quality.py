@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: evaluate the run already in --out/run (its time is read from there); "
                              "give the command that trained it plus this flag: its training options (--init-model, "
-                             "--policy, ...) are then recorded in quality.json as given, not applied or checked")
+                             "--policy, ...) are checked against the run's settings.json and recorded in "
+                             "quality.json, not applied")
     parser.add_argument("--model", type=Path, nargs="+", default=None,
                         help="skip training: score this saved model (e.g. models/resunet_lgg.keras) on this split; "
                              "several: score the mean of their probabilities, saved as one model in --out")
@@ -121,14 +122,22 @@ def main() -> None:
         raise SystemExit(f"{run_dir / 'history.csv'}: no training run to evaluate; train first "
                          "(the same command without --evaluate-only).")
 
+    not_training = {"data_dir", "out", "cache_dir", "evaluate_only", "model", "flair_only_members", "minutes"}
+    settings = {key: value for key, value in vars(args).items() if key not in not_training}
+    settings["time_budget_minutes"] = args.minutes  # may change on resumption, as in notebook 04
+    settings = json.loads(json.dumps(settings, default=str))
+    recorded = run_dir / "settings.json"
+    if args.evaluate_only and args.model is None and recorded.is_file():
+        # quality.json records the command given: it must be the one that trained the run.
+        listed = training.changed_settings(json.loads(recorded.read_text()), settings)
+        if listed:
+            raise SystemExit(f"{run_dir} was trained with other settings ({listed}; see {recorded}): give "
+                             "--evaluate-only the command that trained it.")
     if args.model is None and not args.evaluate_only:
         # Never train a finished run again, nor continue one trained otherwise: only a run that was
         # stopped (killed, a lost session) resumes, at its last finished epoch.
-        not_training = {"data_dir", "out", "cache_dir", "evaluate_only", "model", "flair_only_members", "minutes"}
-        settings = {key: value for key, value in vars(args).items() if key not in not_training}
-        settings["time_budget_minutes"] = args.minutes  # may change on resumption, as in notebook 04
         try:
-            state = training.prepare_run(run_dir, json.loads(json.dumps(settings, default=str)),
+            state = training.prepare_run(run_dir, settings,
                                          what_to_do="Give the options it was trained with to continue it, "
                                                     "or choose another --out.")
         except ValueError as error:

@@ -658,6 +658,22 @@ def _with_dtype_policy(config, dtype: str):
 RESUMABLE_CHANGES = ("name", "device", "epochs", "time_budget_minutes", "mixed_precision", "patience")
 
 
+def changed_settings(previous: dict, settings: dict) -> str:
+    """The settings that differ between a recorded run and now, beyond ``RESUMABLE_CHANGES``.
+
+    Args:
+        previous: the settings a run recorded (its ``settings.json``).
+        settings: the settings given now.
+
+    Returns:
+        ``"key: old there, new now"`` for each difference, joined by
+        commas; empty when none differs.
+    """
+    keys = (set(previous) | set(settings)) - set(RESUMABLE_CHANGES)
+    changed = sorted(key for key in keys if previous.get(key) != settings.get(key))
+    return ", ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
+
+
 def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
                 what_to_do: str = "Set RESUME = False to move it aside and train anew, or set the parameters "
                                   "back to continue it.") -> str:
@@ -703,11 +719,8 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
         print(f"Moved the previous run to {kept}")
         started = False
     if started and settings_path.is_file():
-        previous = json.loads(settings_path.read_text())
-        keys = (set(previous) | set(settings)) - set(RESUMABLE_CHANGES)
-        changed = sorted(k for k in keys if previous.get(k) != settings.get(k))
-        if changed:
-            listed = ", ".join(f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+        listed = changed_settings(json.loads(settings_path.read_text()), settings)
+        if listed:
             raise ValueError(
                 f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). {what_to_do}"
             )

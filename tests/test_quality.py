@@ -139,6 +139,11 @@ def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
     wider = run_script("quality.py", *soft_command, "--width", "8", cwd=work)
     assert wider.returncode != 0 and "width: 16 there, 8 now" in wider.stderr and "another --out" in wider.stderr
     assert json.loads((work / "soft" / "quality.json").read_text()) == report  # nothing overwritten
+    # Scored again, it must be given the command that trained it, which quality.json then records.
+    other = run_script("quality.py", *soft_command, "--init-seed", "3", "--evaluate-only", cwd=work)
+    assert other.returncode != 0 and "init_seed: None there, 3 now" in other.stderr
+    assert "the command that trained it" in other.stderr
+    assert json.loads((work / "soft" / "quality.json").read_text()) == report
     refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
     assert refused.returncode != 0 and "--soft-masks sets how the network trains" in refused.stderr
     # A finished run continued from its weights (a warm restart); a network of another width is refused.
