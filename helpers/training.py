@@ -697,7 +697,8 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
             ``settings.json`` (a script names its own options).
 
     Returns:
-        ``"new"`` (no run there: train), ``"resume"`` (a run stopped before
+        ``"new"`` (no run there, or only the ``settings.json`` of one that
+        failed before it trained: train), ``"resume"`` (a run stopped before
         it ended, by a crash or a lost connection: train, and ``train``
         continues at its last epoch) or ``"finished"`` (a run that ended,
         by its epochs, its budget, early stopping or a NaN loss: do not
@@ -712,7 +713,9 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
     """
     run_dir = Path(run_dir)
     settings_path = run_dir / "settings.json"
-    started = run_dir.is_dir() and any(run_dir.iterdir())
+    # settings.json alone is a run that failed before its first step (data missing, a bad parameter):
+    # nothing trained, so it starts anew with today's settings.
+    started = run_dir.is_dir() and any(path.name != settings_path.name for path in run_dir.iterdir())
     if started and not resume:
         kept = run_dir.with_name(f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(kept)

@@ -471,6 +471,10 @@ def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
     settings = {"input_size": 128, "base_filters": 16, "residual": True, "learning_rate": 1e-3, "epochs": 40}
     assert prepare_run(run_dir, settings) == "new"
     assert json.loads((run_dir / "settings.json").read_text()) == settings
+    # Stopped before anything trained (a parameter to fix, data missing): started anew with the new settings.
+    assert prepare_run(run_dir, {**settings, "input_size": 160}) == "new"
+    assert json.loads((run_dir / "settings.json").read_text())["input_size"] == 160
+    assert prepare_run(run_dir, settings) == "new"
     (run_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
     # Stopped before train returned (a crash, a lost connection): resumed.
     assert prepare_run(run_dir, settings) == "resume"
