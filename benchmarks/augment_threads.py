@@ -26,7 +26,7 @@ from helpers import data, preprocessing, training
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=150, help="batches timed per measurement (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4, help="measurements of each way (default: %(default)s)")

@@ -107,7 +107,7 @@ def train_variant(name: str, arrays: dict, args, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/compare", help="output folder (default: %(default)s)")
     parser.add_argument("--cache-dir", default="artifacts/cache",
                         help="decoded-slice cache, shared between runs (default: %(default)s)")

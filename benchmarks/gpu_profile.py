@@ -296,7 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
     packing = steps.add_parser("pack", help="pack the training and validation slices (here)")
-    packing.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    packing.add_argument("--data-dir", default=None,
+                         help="folder holding kaggle_3m/ (default: $LGG_DATA_DIR, else the kagglehub download)")
     packing.add_argument("--out", default=".gpu/slices.npz", help="the pack to write (default: %(default)s)")
     packing.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the images (default: %(default)s)")
     packing.add_argument("--seed", type=int, default=42, help="seed of the split (default: %(default)s)")

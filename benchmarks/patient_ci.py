@@ -43,8 +43,10 @@ def read_table(run: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="quality-run folders (or per_patient.csv files); the first is the reference")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/patient_ci"))
-    parser.add_argument("--level", type=float, default=0.95)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/patient_ci"),
+                        help="output folder (default: %(default)s)")
+    parser.add_argument("--level", type=float, default=0.95,
+                        help="coverage of the bootstrap intervals (default: %(default)s)")
     args = parser.parse_args()
 
     tables = [read_table(run) for run in args.runs]

@@ -37,7 +37,7 @@ from helpers import data, preprocessing, training
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="input size (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")

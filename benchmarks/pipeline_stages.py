@@ -39,7 +39,7 @@ def threaded_rate(work, batches: list[np.ndarray], threads: int, rounds: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--cache-dir", default="artifacts/cache", help="decoded-slice cache (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per stage (default: %(default)s)")

@@ -36,7 +36,7 @@ from helpers.model import average_models, build_resunet
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/quality", help="output folder (default: %(default)s)")
     parser.add_argument("--cache-dir", default="artifacts/cache",
                         help="decoded-slice cache, shared between runs (default: %(default)s)")
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--oversample", type=float, default=0.5, help="extra share of tumour slices (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="plain U-Net blocks instead of residual units")
     parser.add_argument("--soft-masks", action="store_true",
-                        help="train on masks resized by area averaging (fractions), not nearest neighbour; "
+                        help="train on masks resized by area averaging and kept as fractions, not thresholded at one half; "
                              "validation masks, which choose the checkpoint, stay 0/1 (the history's training "
                              "'dice' is then against fractions and cannot reach 1)")
     parser.add_argument("--channels", type=int, nargs="+", default=None,

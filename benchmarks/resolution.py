@@ -5,7 +5,7 @@ the slices' own 256x256. Even a perfect network loses what the smaller grid
 cannot draw. This script measures that loss on the ground truth alone, with
 no model: each mask is resized to the input size as every training cache
 resizes it (``helpers.data.resize_slice``: area averaging, thresholded at
-one half; nearest neighbour before the twenty-seventh session), taken as a
+one half; the first models here trained on nearest neighbour), taken as a
 perfect prediction of 0/1 probabilities, resized back to the slice's size
 as ``helpers.evaluation.predict_probabilities`` resizes probabilities
 (bilinear), thresholded at 0.5, and scored against the original mask.
@@ -66,7 +66,7 @@ def round_trip(masks: np.ndarray, size: int, soft: bool = False, batch_size: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/resolution", help="output folder (default: %(default)s)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 160, 192],
                         help="input sizes to measure (default: %(default)s)")

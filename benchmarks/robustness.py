@@ -1,6 +1,6 @@
 """Robustness on validation: score saved models on the validation slices as given and as they vary.
 
-The dataset's PNGs come in three kinds that a model must all handle:
+The dataset's slices come in three kinds that a model must all handle:
 
 * ``as_given``: the validation slices as they are (three channels on black);
 * ``flair_only``: FLAIR repeated in all three channels, as for the patients
@@ -45,7 +45,7 @@ def variants(images: np.ndarray, grey_level: int) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="saved .keras models to score")
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/robustness", help="output folder (default: %(default)s)")
     parser.add_argument("--cache-dir", default="artifacts/cache",
                         help="decoded-slice cache, shared between runs (default: %(default)s)")

@@ -56,7 +56,7 @@ def as_float(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/lgg", help="folder holding kaggle_3m/ (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
     parser.add_argument("--out", default="artifacts/saturated_start", help="output folder (default: %(default)s)")
     parser.add_argument("--loss", choices=("helpers", "keras"), default="helpers",
                         help="helpers: DiceBCELoss; keras: Keras' binary_crossentropy of the probabilities")

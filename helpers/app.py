@@ -20,8 +20,8 @@ from PIL import Image
 from helpers import inference, plots
 
 DISCLAIMER = (
-    "**For research and teaching, not diagnosis.** The model was trained on lower-grade "
-    "glioma FLAIR slices of one public dataset (LGG MRI Segmentation, TCGA) and has not been "
+    "**For research and teaching, not diagnosis.** The model was trained on brain MRI slices "
+    "of lower-grade glioma patients in one public dataset (LGG MRI Segmentation, TCGA) and has not been "
     "validated for clinical use. It expects a brain MRI slice like those; on any other image "
     "its answer means nothing."
 )

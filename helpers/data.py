@@ -36,6 +36,9 @@ from tqdm.auto import tqdm
 
 KAGGLE_HANDLE = "mateuszbuda/lgg-mri-segmentation/versions/2"
 DATA_DIR_VARIABLE = "LGG_DATA_DIR"
+DATA_DIR_HELP = (f"folder holding kaggle_3m/, or its zip (default: ${DATA_DIR_VARIABLE}, "
+                 f"else the download of {KAGGLE_HANDLE} through kagglehub)")
+"""Help of the benchmarks' ``--data-dir``: the order ``resolve_data_dir`` follows."""
 CASE_PATTERN = re.compile(r"^TCGA_([A-Z0-9]{2})_([A-Z0-9]{4})_(\d{8})$")
 SLICE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.tif$")
 MANIFEST_COLUMNS = [
@@ -124,7 +127,7 @@ def resolve_data_dir(
             f"${DATA_DIR_VARIABLE} variable were set. Either give kagglehub "
             "network access and Kaggle credentials, or download the dataset "
             "yourself and point at it: `export LGG_DATA_DIR=/path/to/lgg` or "
-            "the notebook parameter DATA_DIR. For a demo without the real data, "
+            "the notebook parameter DATA_DIR (--data-dir for the benchmarks). For a demo without the real data, "
             "run `make demo` (synthetic data)."
         ) from error
     return find_case_root(Path(downloaded), source="kagglehub")
@@ -733,8 +736,8 @@ def resize_slice(image: np.ndarray, mask: np.ndarray, size: int,
         The image resized by area averaging, uint8 (size, size, C), and the
         mask resized by area averaging too, so that it stays registered with
         the image: uint8 (size, size), 0/1 (pixels at least half tumour), or
-        0-``SOFT_MASK_LEVELS`` with ``soft_mask``. (Nearest neighbour, used
-        before the twenty-seventh session, takes one corner pixel of each
+        0-``SOFT_MASK_LEVELS`` with ``soft_mask``. (Nearest neighbour, which
+        the first models here trained on, takes one corner pixel of each
         block: halving 256 to 128, it moved every mask half an original
         pixel down and right of its image.)
     """
@@ -790,11 +793,6 @@ def _read_any(path: str | os.PathLike, as_mask: bool = False) -> np.ndarray:
             f"{path}: cannot be read as {kind} ({detail}). Download the "
             "dataset again, or drop this slice (DROP_INVALID=True)."
         ) from error
-
-
-def _read_tiff(path: str | os.PathLike) -> np.ndarray:
-    """Kept for callers of the TIFF-only name: reads any format ``_read_any`` reads."""
-    return _read_any(path)
 
 
 def _as_three_channels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -944,11 +942,11 @@ def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:
         stat = os.stat(path)
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     digest.update(str(size).encode())
-    # Hard masks are resized by area averaging since the twenty-seventh session (by nearest
-    # neighbour before, which misplaced them): a new key, so no older cache is read.
+    # The markers name how slices are decoded: hard masks area-averaged (nearest neighbour,
+    # used before, misplaced them), slices that are not square padded (they were stretched),
+    # Pillow images turned by their EXIF orientation. A cache written another way has
+    # another key, so it is never read.
     digest.update(b"|soft" if soft_masks else b"|area")
-    # Slices that are not square are padded to a square since the twenty-eighth session
-    # (stretched before); images read through Pillow follow their EXIF orientation.
     digest.update(b"|square|exif")
     return digest.hexdigest()[:16]
 
@@ -1051,18 +1049,25 @@ def load_arrays(
         images[index], masks[index] = image, mask
 
     jobs = zip(range(len(manifest)), manifest["image_path"], manifest["mask_path"])
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for _ in tqdm(pool.map(decode, jobs), total=len(manifest), desc="Decoding slices",
-                      disable=not show_progress):
-            pass
-    if temporary is None:
-        return images, masks
-    if in_memory:
-        np.save(temporary / "images.npy", images)
-        np.save(temporary / "masks.npy", masks)
-    else:
-        images.flush()
-        masks.flush()
+    try:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for _ in tqdm(pool.map(decode, jobs), total=len(manifest), desc="Decoding slices",
+                          disable=not show_progress):
+                pass
+        if temporary is None:
+            return images, masks
+        if in_memory:
+            np.save(temporary / "images.npy", images)
+            np.save(temporary / "masks.npy", masks)
+        else:
+            images.flush()
+            masks.flush()
+    except BaseException:
+        # An unreadable slice or an interrupt: a half-written cache (a full-size file when
+        # streaming) would never be read again, so it goes.
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
     try:
         temporary.replace(folder)
     except OSError:  # another process cached the same slices first

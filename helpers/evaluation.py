@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from helpers import metrics
 from helpers.data import square_padding
+from helpers.model import require_one_channel
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int, connectivity: int) -> np.ndarray:
@@ -93,7 +94,8 @@ def predict_probabilities(
         float32 (N, H, W), values 0-1.
 
     Raises:
-        ValueError: if the images are not (N, H, W, 3).
+        ValueError: if the images are not (N, H, W, 3), or the model gives
+            more than one channel (``helpers.model.require_one_channel``).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}: pass a batch of RGB "
@@ -113,6 +115,7 @@ def predict_probabilities(
         # predict_on_batch runs the compiled graph: a 128x128 slice takes about a third
         # of the time of an eager model(batch) call on a 2-core CPU.
         probabilities = model.predict_on_batch(batch)
+        require_one_channel(model, probabilities)
         if flip_tta:
             flipped = model.predict_on_batch(tf.reverse(batch, axis=[2]))
             probabilities = (probabilities + flipped[:, :, ::-1]) / 2.0

@@ -471,6 +471,8 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
     A pixel is tumour when its brightest channel is above half the mask's
     maximum, so masks stored as 0/1, 0/255 or as a slightly noisy JPEG all work.
+    (The dataset's own masks, lossless, are read by ``helpers.data.read_mask``,
+    where any non-zero pixel is tumour: the same on their 0/255 values.)
 
     Returns:
         uint8 (H, W), values 0 and 1.

@@ -28,8 +28,8 @@ class SliceStandardization(layers.Layer):
     slice that a user brings is normalised exactly as in training. Living in
     the model, it travels with the saved file.
 
-    Foreground is where the FLAIR channel exceeds ``foreground_fraction`` of
-    its brightest pixel, so the layer works for inputs in 0-1 or 0-255
+    In the models ``build_resunet`` builds, foreground is where the FLAIR
+    channel exceeds ``foreground_fraction`` of its brightest pixel, so the layer works for inputs in 0-1 or 0-255
     alike. It is read from FLAIR alone because some institutions' slices have
     a grey, not black, background in another channel (the pre-contrast
     channel of TCGA_FG_7637 sits at about 103 of 255 outside the head): a
@@ -340,6 +340,30 @@ def build_resunet(
 def count_residual_additions(model: keras.Model) -> int:
     """Number of ``Add`` layers (residual additions) in a model."""
     return sum(isinstance(layer, layers.Add) for layer in model.layers)
+
+
+def require_one_channel(model, probabilities) -> None:
+    """Refuse a model's output that is not one tumour-probability channel.
+
+    Prediction and per-patient Dice here read the tumour channel of a
+    sigmoid model; channel 0 of a softmax model is the background, so its
+    Dice would be the background's, with no error.
+
+    Args:
+        model: the segmentation model that gave the output (named in the error).
+        probabilities: its output, shape (B, H, W, C).
+
+    Raises:
+        ValueError: if C is not 1; the message names the model and what to use.
+    """
+    channels = probabilities.shape[-1]
+    if channels != 1:
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(
+            f"Model {name!r} gives {channels} channels (a softmax over classes, class 0 the background); "
+            "this function reads one tumour channel (build_resunet(num_classes=1)). For several classes, "
+            "call model.predict and take the argmax over the last axis."
+        )
 
 
 PRETRAINED_SKIPS = ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")

@@ -1,4 +1,9 @@
-"""Figures of the notebooks. Every function returns a matplotlib Figure."""
+"""Figures of the notebooks.
+
+Every plotting function returns a matplotlib Figure; ``overlay`` returns the
+image it draws (an array), and ``enable_colab_widgets`` only switches on
+Colab's widget manager.
+"""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from helpers import inference, metrics
 TABLE_NAME = "predictions.csv"
 DISCLAIMER = (
     "For research and teaching only, not for diagnosis: the model was trained on "
-    "lower-grade glioma FLAIR slices of one public dataset and has not been validated "
+    "brain MRI slices of lower-grade glioma patients in one public dataset and has not been validated "
     "for clinical use."
 )
 

@@ -25,6 +25,7 @@ except ImportError:  # Keras on JAX or PyTorch: ``train`` works, without TensorB
 
 from helpers.losses import DiceBCELoss, DiceScore
 from helpers.metrics import confusion_counts, scores_from_counts
+from helpers.model import require_one_channel
 from helpers.preprocessing import require_tensorflow
 
 GPU_PROFILE = {
@@ -181,8 +182,14 @@ def patient_dice(model: keras.Model, images: np.ndarray, masks: np.ndarray, pati
 
     Returns:
         The mean per-patient Dice, 0-1.
+
+    Raises:
+        ValueError: if the model gives more than one channel
+            (``helpers.model.require_one_channel``).
     """
-    probabilities = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)[..., 0]
+    probabilities = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
+    require_one_channel(model, probabilities)
+    probabilities = probabilities[..., 0]
     patients = np.asarray(patients)
     scores = []
     for patient in np.unique(patients):
@@ -732,7 +739,9 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
                       "settings): they cannot be compared, so it is taken as trained with today's. If it was not: "
                       f"{what_to_do}", stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=2))
-    if not started:
-        return "new"
-    return "finished" if (run_dir / "training_time.json").is_file() else "resume"
+    state = "new" if not started else ("finished" if (run_dir / "training_time.json").is_file() else "resume")
+    # A finished run is not trained again, so its record keeps the settings it was trained with
+    # (a longer budget asked for now never ran).
+    if state != "finished" or not settings_path.is_file():
+        settings_path.write_text(json.dumps(settings, indent=2))
+    return state

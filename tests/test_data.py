@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -401,6 +402,20 @@ def test_load_arrays_streams_from_disk_when_asked(synthetic_manifest, synthetic_
                            in_memory=True)
     assert not isinstance(whole, np.memmap)
     np.testing.assert_array_equal(whole, images)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_load_arrays_leaves_no_partial_cache_when_a_slice_cannot_be_read(synthetic_manifest, tmp_path, in_memory):
+    rows = synthetic_manifest.head(3).copy()
+    (tmp_path / "slices").mkdir()
+    for column in ("image_path", "mask_path"):
+        rows[column] = [shutil.copy2(path, tmp_path / "slices") for path in rows[column]]
+    broken = Path(rows.iloc[1]["image_path"])
+    broken.write_bytes(b"")
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetError, match=re.escape(broken.name)):
+        load_arrays(rows, size=16, cache_dir=cache, show_progress=False, in_memory=in_memory)
+    assert list(cache.iterdir()) == []
 
 
 def test_streaming_without_a_cache_folder_says_what_to_do(synthetic_manifest):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import helpers  # noqa: F401
-from helpers import training
+from helpers import evaluation, training
 from helpers.losses import DiceBCELoss, DiceScore
 from helpers.model import build_resunet
 
@@ -69,3 +69,15 @@ def test_two_class_model_trains_and_saves(tmp_path):
     probabilities = loaded.predict(images[:4], verbose=0)
     np.testing.assert_array_equal(probabilities, model.predict(images[:4], verbose=0))
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_one_channel_tools_refuse_a_softmax_model():
+    """Per-patient Dice and prediction read one tumour channel: a softmax model's channel 0 is the
+    background, so they refuse it by name instead of scoring the background."""
+    model = build_resunet((16, 16, 3), base_filters=4, depth=2, num_classes=3, name="three_classes")
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    masks = np.zeros((2, 16, 16), np.uint8)
+    with pytest.raises(ValueError, match=r"'three_classes' gives 3 channels.*argmax"):
+        training.patient_dice(model, images, masks, ["a", "b"])
+    with pytest.raises(ValueError, match=r"'three_classes' gives 3 channels"):
+        evaluation.predict_probabilities(model, images, show_progress=False)

@@ -25,8 +25,8 @@ from helpers.synthetic import make_synthetic_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_script(name: str, *arguments: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **variables}
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *arguments], cwd=cwd,
                           env=environment, capture_output=True, text=True, timeout=600)
 
@@ -188,8 +188,9 @@ def test_patient_ci_names_a_missing_table(tmp_path):
 
 def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
     root = make_synthetic_dataset(tmp_path / "data", n_patients=20, slices_per_patient=3, size=256, seed=2)
-    result = run_script("resolution.py", "--data-dir", str(root), "--out", "out", "--sizes", "16", "256",
-                        cwd=tmp_path)
+    # Without --data-dir the benchmarks read $LGG_DATA_DIR, as the notebooks do.
+    result = run_script("resolution.py", "--out", "out", "--sizes", "16", "256", cwd=tmp_path,
+                        LGG_DATA_DIR=str(root))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "resolution.json").read_text())
     rows = pd.DataFrame(report["results"]).set_index(["size", "targets", "split"])

@@ -482,6 +482,9 @@ def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
     assert prepare_run(run_dir, {**settings, "epochs": 60, "device": "GPU"}) == "resume"
     (run_dir / "training_time.json").write_text('{"seconds": 1.0}')
     assert prepare_run(run_dir, settings) == "finished"
+    # A finished run is not trained again: its record keeps the 60 epochs it was trained with.
+    assert prepare_run(run_dir, {**settings, "epochs": 80}) == "finished"
+    assert json.loads((run_dir / "settings.json").read_text())["epochs"] == 60
     with pytest.raises(ValueError, match=r"base_filters: 16 there, 32 now.*settings\.json.*RESUME = False"):
         prepare_run(run_dir, {**settings, "base_filters": 32})
     with pytest.raises(ValueError, match=r"residual: True there, False now"):
