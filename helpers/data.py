@@ -936,7 +936,17 @@ def check_split_leakage(split: pd.DataFrame) -> None:
 
 
 def cache_key(paths: list[str], size: int, soft_masks: bool = False) -> str:
-    """A short hash naming the cache of a set of slices at one size (and mask form)."""
+    """A short hash naming the cache of a set of slices at one size and mask form.
+
+    Args:
+        paths: the slice and mask files, in manifest order; each one's size
+            and modification time count, so a corrected file gets a new key.
+        size: the side the slices are resized to.
+        soft_masks: masks kept as tumour shares (``resize_slice(soft_mask=True)``).
+
+    Returns:
+        16 hexadecimal characters.
+    """
     digest = hashlib.sha1()
     for path in paths:
         stat = os.stat(path)
@@ -960,8 +970,17 @@ def available_memory_bytes() -> int:
 
 
 def fits_in_memory(slices: int, size: int, share: float = 0.5) -> bool:
-    """Whether ``slices`` decoded slices of ``size`` x ``size`` (image and
-    mask, uint8) take less than ``share`` of the available memory."""
+    """Whether decoded slices fit in a share of the available memory.
+
+    Args:
+        slices: how many slices.
+        size: their side once resized; each takes ``size * size * 4`` bytes
+            (a uint8 image of 3 channels and a uint8 mask).
+        share: the part of the available memory they may take, 0-1.
+
+    Returns:
+        True if they take less than ``share`` of what is available.
+    """
     return slices * size * size * 4 < share * available_memory_bytes()
 
 
@@ -1173,7 +1192,15 @@ def save_manifest(manifest: pd.DataFrame, artifacts_dir: str | os.PathLike, sour
 
 
 def summary_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Patients, slices and share of tumour slices per institution, with a total row."""
+    """Patients, slices and share of tumour slices per institution, with a total row.
+
+    Args:
+        manifest: the output of ``build_manifest``.
+
+    Returns:
+        One row per institution and a row ``all``; columns ``patients``,
+        ``slices``, ``tumour_slices`` and ``tumour_share`` (0-1).
+    """
     tumour = manifest["tumour_pixels"] > 0
     table = manifest.assign(tumour=tumour).groupby("institution").agg(
         patients=("patient", "nunique"), slices=("slice", "size"), tumour_slices=("tumour", "sum")
@@ -1184,7 +1211,16 @@ def summary_table(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def pick_examples(manifest: pd.DataFrame, count: int = 8, seed: int = 42) -> pd.DataFrame:
-    """Rows of tumour slices from different patients (the largest tumour of each)."""
+    """Rows of tumour slices from different patients (the largest tumour of each).
+
+    Args:
+        manifest: the output of ``build_manifest``.
+        count: how many patients, at most.
+        seed: which patients are drawn.
+
+    Returns:
+        Manifest rows, one per drawn patient, sorted by patient.
+    """
     tumour = manifest[manifest["tumour_pixels"] > 0]
     largest = tumour.loc[tumour.groupby("patient")["tumour_pixels"].idxmax()]
     return largest.sample(n=min(count, len(largest)), random_state=seed).sort_values("patient")

@@ -119,7 +119,10 @@ def per_slice_table(
 
     Returns:
         Columns ``patient``, ``slice``, ``tumour_pixels``, ``predicted_pixels``,
-        ``tp``, ``fp``, ``fn``, ``tn`` and the scores of ``scores_from_counts``.
+        ``tp``, ``fp``, ``fn``, ``tn`` (true and false positive, false and
+        true negative pixels), the scores of ``scores_from_counts``, and
+        ``hd95`` (``hausdorff95``, in pixels; NaN unless both masks hold
+        tumour).
     """
     rows = []
     for index in range(len(truth)):
@@ -191,6 +194,10 @@ def mean_confidence_interval(values, level: float = 0.95, resamples: int = 10_00
 
 def summarize(slice_table: pd.DataFrame, patient_table: pd.DataFrame) -> dict[str, float]:
     """The headline numbers: per-patient means, per-slice means, pooled scores.
+
+    Args:
+        slice_table: the output of ``per_slice_table``.
+        patient_table: the output of ``per_patient_table`` for the same slices.
 
     Returns:
         A flat dict of floats and ints, JSON-ready. ``dice_per_patient_mean``

@@ -743,8 +743,16 @@ def arrays_by_split(
 def load_split(artifacts_dir) -> pd.DataFrame:
     """Read ``ARTIFACTS_DIR/split.csv``, written by notebook 02.
 
+    Args:
+        artifacts_dir: the folder the notebooks write to.
+
+    Returns:
+        One row per patient: ``patient``, ``institution`` and ``split``
+        (``train``, ``val`` or ``test``).
+
     Raises:
         FileNotFoundError: naming the file and the notebook to run first.
+        DatasetError: naming the file, if a patient is on more than one side.
     """
     from pathlib import Path
 
@@ -764,6 +772,12 @@ def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int 
 
     The rows of each element's first tensor are counted: the images of an
     (images, masks) pair, or the element itself when it is one tensor.
+
+    Args:
+        dataset: a batched ``tf.data.Dataset`` (repeated here, so a finite one
+            will do).
+        batches: batches timed.
+        warmup: batches drawn first and not timed (the pipeline filling up).
 
     Returns:
         ``{"slices_per_second": float, "batches": int, "seconds": float}``.

@@ -500,11 +500,6 @@ def _check_input_scale(model: keras.Model, dataset, role: str) -> None:
         )
 
 
-def steps_per_epoch(n_slices: int, batch_size: int) -> int:
-    """Batches in one epoch of ``n_slices`` (the last batch may be partial)."""
-    return math.ceil(n_slices / batch_size)
-
-
 def describe_device() -> str:
     """A one-line description of the GPUs that ``count_gpus`` finds, or of the CPU."""
     names = _gpu_names()

@@ -30,7 +30,6 @@ from helpers.training import (
     load_initial_weights,
     prepare_run,
     publish_model,
-    steps_per_epoch,
     train,
 )
 
@@ -316,12 +315,6 @@ def test_same_seed_gives_same_first_epoch_loss(slices):
     assert first == second
     # The seed is what fixes it: another seed draws other weights and batches.
     assert first_epoch_loss(images, masks, seed=6) != first
-
-
-def test_steps_per_epoch():
-    assert steps_per_epoch(10, 4) == 3
-    assert steps_per_epoch(8, 4) == 2
-    assert steps_per_epoch(1, 16) == 1
 
 
 MIRRORED_SCRIPT = textwrap.dedent(
