@@ -153,6 +153,7 @@ def main() -> None:
     init_seed = args.seed if args.init_seed is None else args.init_seed
     keras.utils.set_random_seed(init_seed)
     case_root = data.resolve_data_dir(args.data_dir)
+    print(f"Reading the slices from {case_root}")
     manifest = data.build_manifest(case_root)
     report = data.validate_manifest(manifest)
     if not report.ok:
@@ -254,6 +255,7 @@ def main() -> None:
         "command": training.command_line("benchmarks/quality.py", args),
         "machine": f"{platform.node()} {platform.machine()}, {training.describe_device()}",
         "keras": keras.__version__, "helpers": helpers.__version__,
+        "data_folder": str(case_root),
         "patients": split["split"].value_counts().to_dict(),
         "test_patients": sorted(split.loc[split.split == "test", "patient"]),
         "val_patients": sorted(split.loc[split.split == "val", "patient"]),

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
+from helpers.data import resolve_data_dir
 from helpers.model import build_resunet
 from helpers.synthetic import make_synthetic_dataset
 
@@ -49,6 +50,7 @@ def test_quality_scores_a_saved_model_on_test_patients_only(scored):
     assert report["test_patients"] == test_patients and len(test_patients) >= 3
     assert not set(report["test_patients"]) & set(report["val_patients"])
     assert report["epochs_run"] is None and report["training_seconds"] is None
+    assert report["data_folder"] == str(resolve_data_dir(scored.parent / "data"))
     per_patient = pd.read_csv(scored / "per_patient.csv")
     assert sorted(per_patient["patient"]) == test_patients
     assert report["dice_per_patient_mean"] == pytest.approx(per_patient["dice"].mean())
