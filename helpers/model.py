@@ -29,11 +29,12 @@ class SliceStandardization(layers.Layer):
     the model, it travels with the saved file.
 
     In the models ``build_resunet`` builds, foreground is where the FLAIR
-    channel exceeds ``foreground_fraction`` of its brightest pixel, so the layer works for inputs in 0-1 or 0-255
-    alike. It is read from FLAIR alone because some institutions' slices have
-    a grey, not black, background in another channel (the pre-contrast
-    channel of TCGA_FG_7637 sits at about 103 of 255 outside the head): a
-    mask from all channels would then cover the whole slice. A slice with
+    channel exceeds ``foreground_fraction`` of its brightest pixel, so the
+    layer works for inputs in 0-1 or 0-255 alike. It is read from FLAIR
+    alone because some institutions' slices have a grey, not black,
+    background in another channel (the pre-contrast channel of TCGA_FG_7637
+    sits at about 103 of 255 outside the head): a mask from all channels
+    would then cover the whole slice. A slice with
     no foreground (all black) gives zeros, never NaN.
 
     Args:
@@ -342,7 +343,7 @@ def count_residual_additions(model: keras.Model) -> int:
     return sum(isinstance(layer, layers.Add) for layer in model.layers)
 
 
-def require_one_channel(model, probabilities) -> None:
+def require_one_channel(model: keras.Model, probabilities: np.ndarray) -> None:
     """Refuse a model's output that is not one tumour-probability channel.
 
     Prediction and per-patient Dice here read the tumour channel of a
