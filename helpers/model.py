@@ -34,8 +34,8 @@ class SliceStandardization(layers.Layer):
     alone because some institutions' slices have a grey, not black,
     background in another channel (the pre-contrast channel of TCGA_FG_7637
     sits at about 103 of 255 outside the head): a mask from all channels
-    would then cover the whole slice. A slice with
-    no foreground (all black) gives zeros, never NaN.
+    would then cover the whole slice. A slice with no foreground (all
+    black) gives zeros, never NaN.
 
     Args:
         foreground_fraction: share of the slice maximum above which a pixel
