@@ -1,8 +1,9 @@
 """Figures of the notebooks.
 
 Every plotting function returns a matplotlib Figure; ``overlay`` returns the
-image it draws (an array), and ``enable_colab_widgets`` only switches on
-Colab's widget manager.
+image it draws (an array), ``enable_colab_widgets`` only switches on Colab's
+widget manager, and ``kept_epoch`` says which epoch of a training history
+the kept checkpoint comes from.
 """
 
 from __future__ import annotations
@@ -136,7 +137,20 @@ def standardization(scaled: np.ndarray, standardized: np.ndarray, foreground: np
 
 
 def learning_curves(history: pd.DataFrame) -> plt.Figure:
-    """Loss and Dice per epoch, training against validation."""
+    """Loss and Dice per epoch, training against validation.
+
+    The epoch whose checkpoint training keeps (the highest validation
+    per-patient Dice, else per-slice Dice) is starred, beside the mean of that
+    score over each epoch and its two neighbours: a star far above the mean
+    marks a lone peak of a noisy curve, which overstates the kept network.
+
+    Args:
+        history: One row per epoch, the columns Keras logs (``loss``,
+            ``val_loss``, ``dice``, ``val_dice``, ``val_patient_dice``).
+
+    Returns:
+        The figure: loss on the left, Dice on the right.
+    """
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
     epochs = np.arange(1, len(history) + 1)
     left.plot(epochs, history["loss"], label="train")
@@ -144,14 +158,42 @@ def learning_curves(history: pd.DataFrame) -> plt.Figure:
         left.plot(epochs, history["val_loss"], label="validation")
     left.set(xlabel="epoch", ylabel="Dice + BCE loss", title="Loss")
     left.legend()
-    for column, label in (("dice", "train (per slice)"), ("val_dice", "validation (per slice)"),
-                          ("val_patient_dice", "validation (per patient)")):
+    labels = {"dice": "train (per slice)", "val_dice": "validation (per slice)",
+              "val_patient_dice": "validation (per patient)"}
+    for column, label in labels.items():
         if column in history:
             right.plot(epochs, history[column], label=label)
+    kept = kept_epoch(history)
+    if kept is not None:
+        column, index = kept
+        right.plot(epochs, history[column].rolling(3, center=True, min_periods=1).mean(), linestyle="--",
+                   color="grey", label=f"{labels[column]}, mean of 3 epochs")
+        right.plot(epochs[index], history[column].iloc[index], marker="*", markersize=14, linestyle="none",
+                   color="black", label=f"checkpoint kept (epoch {epochs[index]})")
     right.set(xlabel="epoch", ylabel="Dice", title="Dice", ylim=(0, 1))
     right.legend()
     figure.tight_layout()
     return figure
+
+
+def kept_epoch(history: pd.DataFrame) -> tuple[str, int] | None:
+    """The score and row of the epoch whose checkpoint training keeps.
+
+    Training keeps the first epoch with the highest validation per-patient Dice
+    (``val_patient_dice``), or per-slice Dice (``val_dice``) when it has no
+    per-patient score (``helpers.training.train``).
+
+    Args:
+        history: One row per epoch, as logged by Keras.
+
+    Returns:
+        The column and the 0-based row, or ``None`` when neither column holds a
+        number.
+    """
+    for column in ("val_patient_dice", "val_dice"):
+        if column in history and history[column].notna().any():
+            return column, int(np.nanargmax(history[column].to_numpy(dtype=float)))
+    return None
 
 
 def prediction_grid(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, titles: list[str]) -> plt.Figure:
