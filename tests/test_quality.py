@@ -1,4 +1,4 @@
-"""Tests of the quality benchmark's scoring path (``quality.py --model``), ``patient_ci.py`` and ``resolution.py``.
+"""Tests of the quality benchmark's scoring path (``quality.py --model``), ``patient_ci.py``, ``kept_epochs.py`` and ``resolution.py``.
 
 Training within a budget is what notebook 04's tests cover; here a saved
 untrained model is scored on a small synthetic dataset, as the shipped model
@@ -186,6 +186,32 @@ def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
 def test_patient_ci_names_a_missing_table(tmp_path):
     result = run_script("patient_ci.py", str(tmp_path / "nothing"), cwd=tmp_path)
     assert result.returncode != 0 and "nothing/per_patient.csv: no per-patient table" in result.stderr
+
+
+def test_kept_epochs_measures_how_far_the_kept_epoch_stands_above_its_neighbours(tmp_path):
+    history = pd.DataFrame({"loss": [0.9, 0.7, 0.6, 0.5], "val_dice": [0.5, 0.6, 0.9, 0.7],
+                            "val_patient_dice": [0.4, 0.5, 0.8, 0.5]})
+    (tmp_path / "quality" / "run").mkdir(parents=True)
+    history.to_csv(tmp_path / "quality" / "run" / "history.csv", index=False)
+    history.drop(columns="val_patient_dice").to_csv(tmp_path / "slices.csv", index=False)
+    result = run_script("kept_epochs.py", "quality", "slices.csv", "--out", "kept", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    patient, slices = json.loads((tmp_path / "kept" / "kept_epochs.json").read_text())["results"]
+    assert patient["score"] == "val_patient_dice" and patient["kept_epoch"] == 3 and patient["epochs"] == 4
+    assert patient["kept_score"] == pytest.approx(0.8)
+    assert patient["mean_of_3"] == pytest.approx(0.6) and patient["above_mean_of_3"] == pytest.approx(0.2)
+    # Epoch 4's mean is over epochs 3 and 4 alone: (0.8 + 0.5) / 2.
+    assert patient["best_mean_of_3"] == pytest.approx(0.65) and patient["best_mean_of_3_epoch"] == 4
+    assert slices["score"] == "val_dice" and slices["kept_epoch"] == 3
+    assert slices["mean_of_3"] == pytest.approx(0.7333333)
+
+
+def test_kept_epochs_names_a_run_without_history_or_validation_scores(tmp_path):
+    missing = run_script("kept_epochs.py", "nothing", cwd=tmp_path)
+    assert missing.returncode != 0 and "nothing: no history.csv in it" in missing.stderr
+    pd.DataFrame({"loss": [0.9, 0.7]}).to_csv(tmp_path / "train_only.csv", index=False)
+    unscored = run_script("kept_epochs.py", "train_only.csv", cwd=tmp_path)
+    assert unscored.returncode != 0 and "train_only.csv: the history has no val_patient_dice" in unscored.stderr
 
 
 def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
