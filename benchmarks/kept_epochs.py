@@ -5,7 +5,7 @@ Training keeps the epoch with the highest validation per-patient Dice
 noisy, so the highest of many epochs can stand well above the epochs around
 it, and then overstates the network it keeps. For each run this script
 compares the kept epoch's score with the mean over it and its two neighbours
-(the dashed line of ``helpers.plots.learning_curves``) and writes, under
+(``helpers.plots.three_epoch_mean``, the dashed line of the learning curves) and writes, under
 ``--out``, ``kept_epochs.json``.
 
     python benchmarks/kept_epochs.py artifacts/quality22 artifacts/quality19 --out artifacts/kept_epochs
@@ -51,7 +51,7 @@ def kept_epoch_report(history: pd.DataFrame) -> dict:
     if kept is None:
         raise ValueError("the history has no val_patient_dice or val_dice to choose a checkpoint by")
     column, index = kept
-    smooth = history[column].rolling(3, center=True, min_periods=1).mean()
+    smooth = plots.three_epoch_mean(history[column])
     return {
         "score": column,
         "epochs": int(len(history)),

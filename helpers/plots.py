@@ -2,8 +2,8 @@
 
 Every plotting function returns a matplotlib Figure; ``overlay`` returns the
 image it draws (an array), ``enable_colab_widgets`` only switches on Colab's
-widget manager, and ``kept_epoch`` says which epoch of a training history
-the kept checkpoint comes from.
+widget manager, and ``kept_epoch`` and ``three_epoch_mean`` read a training
+history.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def learning_curves(history: pd.DataFrame) -> plt.Figure:
     kept = kept_epoch(history)
     if kept is not None:
         column, index = kept
-        right.plot(epochs, history[column].rolling(3, center=True, min_periods=1).mean(), linestyle="--",
+        right.plot(epochs, three_epoch_mean(history[column]), linestyle="--",
                    color="grey", label=f"{labels[column]}, mean of 3 epochs")
         right.plot(epochs[index], history[column].iloc[index], marker="*", markersize=14, linestyle="none",
                    color="black", label=f"checkpoint kept (epoch {epochs[index]})")
@@ -194,6 +194,18 @@ def kept_epoch(history: pd.DataFrame) -> tuple[str, int] | None:
         if column in history and history[column].notna().any():
             return column, int(np.nanargmax(history[column].to_numpy(dtype=float)))
     return None
+
+
+def three_epoch_mean(scores: pd.Series) -> pd.Series:
+    """Each epoch's score averaged with its neighbours' (two at either end).
+
+    Args:
+        scores: One score per epoch, in order.
+
+    Returns:
+        The smoothed scores, one per epoch.
+    """
+    return scores.rolling(3, center=True, min_periods=1).mean()
 
 
 def prediction_grid(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, titles: list[str]) -> plt.Figure:
