@@ -142,7 +142,8 @@ def learning_curves(history: pd.DataFrame) -> plt.Figure:
     The epoch whose checkpoint training keeps (the highest validation
     per-patient Dice, else per-slice Dice) is starred, beside the mean of that
     score over each epoch and its two neighbours: a star far above the mean
-    marks a lone peak of a noisy curve, which overstates the kept network.
+    marks a lone peak of a noisy curve, whose score likely overstates the kept
+    network.
 
     Args:
         history: One row per epoch, the columns Keras logs (``loss``,
