@@ -198,6 +198,9 @@ def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series
     executed = execute("04_training.ipynb", tmp_path, parameters)
     printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
     assert "ended earlier: it is kept, not trained again" in printed
+    kept = int(history_before["val_patient_dice"].idxmax())
+    assert (f"checkpoint kept at epoch {kept + 1}: val_patient_dice "
+            f"{history_before['val_patient_dice'][kept]:.3f}, mean of it and its neighbours") in printed
     pd.testing.assert_frame_equal(pd.read_csv(artifacts / "training" / "history.csv"), history_before)
     # The model is this run's, as are the settings notebook 05 chose for it: both stay, nothing is moved aside.
     assert "already this run's best epoch: kept as it is, with its settings" in printed
