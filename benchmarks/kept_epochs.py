@@ -5,8 +5,8 @@ Training keeps the epoch with the highest validation per-patient Dice
 noisy, so the highest of many epochs can stand well above the epochs around
 it, and then overstates the network it keeps. For each run this script
 compares the kept epoch's score with the mean over it and its two neighbours
-(``helpers.plots.three_epoch_mean``, the dashed line of the learning curves) and writes, under
-``--out``, ``kept_epochs.json``.
+(``helpers.plots.three_epoch_mean``, the dashed line of the learning curves)
+and writes, under ``--out``, ``kept_epochs.json``.
 
     python benchmarks/kept_epochs.py artifacts/quality22 artifacts/quality19 --out artifacts/kept_epochs
 """
@@ -51,14 +51,15 @@ def kept_epoch_report(history: pd.DataFrame) -> dict:
     if kept is None:
         raise ValueError("the history has no val_patient_dice or val_dice to choose a checkpoint by")
     column, index = kept
+    score = float(history[column].iloc[index])
     smooth = plots.three_epoch_mean(history[column])
     return {
         "score": column,
         "epochs": int(len(history)),
         "kept_epoch": index + 1,
-        "kept_score": float(history[column].iloc[index]),
+        "kept_score": score,
         "mean_of_3": float(smooth.iloc[index]),
-        "above_mean_of_3": float(history[column].iloc[index] - smooth.iloc[index]),
+        "above_mean_of_3": score - float(smooth.iloc[index]),
         "best_mean_of_3": float(smooth.max()),
         "best_mean_of_3_epoch": int(smooth.to_numpy().argmax()) + 1,
     }
