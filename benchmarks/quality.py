@@ -85,7 +85,9 @@ def main() -> None:
                         help="start from the weights of this saved network (same width, input and channels) "
                              "instead of random ones: a finished run continued with a fresh schedule from "
                              "--learning-rate (default: random initial weights)")
-    parser.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
+    parser.add_argument("--keep-epochs", action="store_true",
+                        help="save every epoch's weights under OUT/run/epochs/, for benchmarks/weight_average.py")
+    parser.add_argument("--schedule", choices=("cosine", "plateau", "constant"), default="cosine",
                         help="learning-rate schedule (default: %(default)s)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: evaluate the run already in --out/run (its time is read from there); "
@@ -200,7 +202,7 @@ def main() -> None:
             model, train_ds, val_ds, run_dir, epochs=args.epochs,
             time_budget_minutes=args.minutes, patience=args.patience,
             val_patient_arrays=(val_images, val_masks, val_rows["patient"].to_numpy()),
-            schedule=args.schedule,
+            schedule=args.schedule, keep_epochs=args.keep_epochs,
         )
         train_seconds = time.monotonic() - train_started
         keras.mixed_precision.set_global_policy("float32")

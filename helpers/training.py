@@ -366,6 +366,7 @@ def train(
     verbose: int | str = 2,
     schedule: str = "cosine",
     extra_callbacks: list | None = None,
+    keep_epochs: bool = False,
 ) -> pd.DataFrame:
     """Fit a compiled model with checkpointing, resumption and logging.
 
@@ -377,7 +378,10 @@ def train(
     TensorFlow is installed), ``clock.json`` (training time spent so far,
     after each epoch: a resumed run counts its time budget and its cosine
     schedule on from there, rather than afresh) and ``training_time.json``
-    (the run's training time, resumes included).
+    (the run's training time, resumes included). With ``keep_epochs``, also
+    ``epochs/epoch_NNN.weights.h5``: every epoch's weights (NNN from 001),
+    for choosing a checkpoint otherwise or averaging several
+    (``average_weights``).
 
     With an optimizer compiled with ``ema_momentum``, validation, the
     checkpoints and the model at the end use the averaged weights; training
@@ -399,10 +403,13 @@ def train(
             slices, to compute per-patient Dice each epoch.
         verbose: Keras verbosity; 2 prints one line per epoch (papermill logs).
         schedule: ``"cosine"`` (``CosineDecay`` over the epochs or the time
-            budget) or ``"plateau"`` (halve the rate after 4 epochs without
-            improvement).
+            budget), ``"plateau"`` (halve the rate after 4 epochs without
+            improvement) or ``"constant"`` (the optimizer's rate throughout,
+            as when the weights of many epochs are to be averaged).
         extra_callbacks: more callbacks, run before the checkpoint and the
             CSV history (so what they add to the logs is saved).
+        keep_epochs: save every epoch's weights under ``epochs/`` (about
+            8 MB an epoch at width 16).
 
     Returns:
         The whole history (all runs), one row per epoch.
@@ -433,6 +440,10 @@ def train(
     if val_patient_arrays is not None:
         callbacks.append(PatientDice(*val_patient_arrays))
     callbacks += list(extra_callbacks or [])
+    if keep_epochs:
+        (output_dir / "epochs").mkdir(exist_ok=True)
+        callbacks.append(_CheckpointUnlessNaN(str(output_dir / "epochs" / "epoch_{epoch:03d}.weights.h5"),
+                                              save_weights_only=True))
     callbacks += [
         checkpoint,
         _BackupUnlessNaN(str(output_dir / "backup"), delete_checkpoint=False),
@@ -449,8 +460,8 @@ def train(
         callbacks.insert(0, CosineDecay(epochs, budget, spent_seconds=spent))
     elif schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5, patience=4))
-    else:
-        raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'plateau'.")
+    elif schedule != "constant":
+        raise ValueError(f"schedule={schedule!r}: use 'cosine', 'plateau' or 'constant'.")
     if time_budget_minutes:
         callbacks.append(TimeBudget(time_budget_minutes * 60, spent_seconds=spent))
     # Under mixed precision, Adam sits inside a LossScaleOptimizer.
@@ -632,6 +643,46 @@ def load_initial_weights(model: keras.Model, source: str | Path) -> keras.Model:
                          f"{len(current)}, or other shapes); build the model with the width, input size and "
                          "channels that network trained with.")
     model.set_weights(saved)
+    return model
+
+
+def average_weights(model: keras.Model, weight_files) -> keras.Model:
+    """Put in ``model`` the mean of the weights saved in several files.
+
+    Averaging the weights of the epochs along one run, rather than keeping a
+    single epoch, smooths out the epoch-to-epoch noise of the last stretch of
+    training (stochastic weight averaging: Izmailov et al., 2018; "model
+    soups" average fine-tuned networks the same way: Wortsman et al., 2022).
+    Batch-normalisation statistics are averaged like the other weights, as
+    model soups do, not recomputed.
+
+    Args:
+        model: a built model of the architecture the files were saved from,
+            e.g. a run's ``best.keras`` loaded again.
+        weight_files: ``.weights.h5`` files (``train(keep_epochs=True)``);
+            one file gives its weights unchanged.
+
+    Returns:
+        ``model``, its weights replaced by their mean over the files.
+
+    Raises:
+        ValueError: if no file is given, or naming the file whose weights do
+            not fit ``model``.
+    """
+    weight_files = [Path(path) for path in weight_files]
+    if not weight_files:
+        raise ValueError("average_weights: no weight files given; train with keep_epochs=True to keep them.")
+    total = None
+    for path in weight_files:
+        try:
+            model.load_weights(path)
+        except ValueError as error:
+            raise ValueError(f"{path}: its weights do not fit this model ({error}); give the files of a run "
+                             "with this model's architecture.") from None
+        weights = [weight.astype(np.float64) for weight in model.get_weights()]
+        total = weights if total is None else [sum_ + weight for sum_, weight in zip(total, weights)]
+    model.set_weights([(sum_ / len(weight_files)).astype(weight.dtype)
+                       for sum_, weight in zip(total, model.get_weights())])
     return model
 
 

@@ -231,3 +231,39 @@ def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
     hard, soft = (rows.loc[(16, targets, "all"), "mean_patient_dice"] for targets in ("hard", "soft"))
     assert 0.0 < hard < soft < 0.99
     assert (rows.loc[16, "lowest_patient_dice"] <= rows.loc[16, "mean_patient_dice"]).all()
+
+
+def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbours_back(tmp_path):
+    run = tmp_path / "quality" / "run"
+    (run / "epochs").mkdir(parents=True)
+    keras.utils.set_random_seed(5)
+    model = build_resunet((32, 32, 3), base_filters=4, depth=2)
+    model.save(run / "best.keras")
+    start = model.get_weights()
+    for epoch in (1, 2, 3, 4):
+        model.set_weights([weight + epoch for weight in start])
+        model.save_weights(run / "epochs" / f"epoch_{epoch:03d}.weights.h5")
+    # Epoch 2 is the highest alone; epoch 3 has the best mean with its neighbours.
+    pd.DataFrame({"loss": [0.9, 0.8, 0.7, 0.6], "val_patient_dice": [0.5, 0.9, 0.7, 0.85]}).to_csv(
+        run / "history.csv", index=False)
+
+    mean = run_script("weight_average.py", "quality", "--out", "mean", "--first", "2", cwd=tmp_path)
+    assert mean.returncode == 0, mean.stderr[-3000:]
+    assert json.loads((tmp_path / "mean" / "weight_average.json").read_text())["epochs"] == [2, 3, 4]
+    averaged = keras.models.load_model(tmp_path / "mean" / "model.keras")
+    for got, want in zip(averaged.get_weights(), start, strict=True):
+        np.testing.assert_allclose(got, want + 3, rtol=1e-6, atol=1e-6)
+
+    middle = run_script("weight_average.py", "quality", "--choose", "mean-of-3", "--out", "middle", cwd=tmp_path)
+    assert middle.returncode == 0, middle.stderr[-3000:]
+    report = json.loads((tmp_path / "middle" / "weight_average.json").read_text())
+    assert report["epochs"] == [3] and report["scores_of_those_epochs"] == [0.7]
+    chosen = keras.models.load_model(tmp_path / "middle" / "model.keras")
+    np.testing.assert_allclose(chosen.get_weights()[0], start[0] + 3, rtol=1e-6)
+
+    beyond = run_script("weight_average.py", "quality", "--out", "x", "--last", "6", cwd=tmp_path)
+    assert beyond.returncode != 0 and "no weights for epochs [5, 6] (it holds 1 to 4)" in beyond.stderr
+    (tmp_path / "bare" / "run").mkdir(parents=True)
+    (run / "history.csv").replace(tmp_path / "bare" / "run" / "history.csv")
+    unkept = run_script("weight_average.py", "bare", "--out", "x", cwd=tmp_path)
+    assert unkept.returncode != 0 and "train the run with benchmarks/quality.py --keep-epochs" in unkept.stderr

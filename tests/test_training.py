@@ -25,6 +25,7 @@ from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
 from helpers.training import (
+    average_weights,
     command_line,
     compile_model,
     load_initial_weights,
@@ -457,6 +458,39 @@ def test_initial_weights_carry_over_into_a_bfloat16_model_and_a_misfit_is_named(
     wider = build_resunet((32, 32, 3), base_filters=8, depth=2, channels=[0])
     with pytest.raises(ValueError, match=r"saved\.keras: its weights do not fit this model"):
         load_initial_weights(wider, tmp_path / "saved.keras")
+
+
+def test_every_epoch_is_kept_at_a_constant_rate_and_averaged(slices, tmp_path):
+    train_data, val_data, val_arrays = seeded_pipelines(slices, seed=2)
+    model = tiny_model(learning_rate=2e-3)
+    history = train(model, train_data, val_data, tmp_path / "run", epochs=3, val_patient_arrays=val_arrays,
+                    verbose=0, schedule="constant", keep_epochs=True)
+    assert len(history) == 3 and np.isclose(float(model.optimizer.learning_rate), 2e-3)
+    files = sorted((tmp_path / "run" / "epochs").glob("*.weights.h5"))
+    assert [path.name for path in files] == ["epoch_001.weights.h5", "epoch_002.weights.h5", "epoch_003.weights.h5"]
+    # The last epoch's file holds the weights training ended with.
+    last = tiny_model()
+    average_weights(last, files[-1:])
+    for got, want in zip(last.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    each = []
+    for path in files:
+        one = tiny_model()
+        one.load_weights(path)
+        each.append(one.get_weights())
+    assert not np.allclose(each[0][0], each[2][0])
+    averaged = average_weights(tiny_model(), files)
+    for position, got in enumerate(averaged.get_weights()):
+        np.testing.assert_allclose(got, np.mean([weights[position] for weights in each], axis=0), rtol=1e-6,
+                                   atol=1e-7)
+
+    with pytest.raises(ValueError, match="no weight files"):
+        average_weights(tiny_model(), [])
+    wider = compile_model(build_resunet((SIZE, SIZE, 3), base_filters=8, depth=2))
+    with pytest.raises(ValueError, match=r"epoch_001\.weights\.h5: its weights do not fit this model"):
+        average_weights(wider, files[:1])
+    with pytest.raises(ValueError, match="'steady'"):
+        train(tiny_model(), train_data, val_data, tmp_path / "other", epochs=1, verbose=0, schedule="steady")
 
 
 def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):

@@ -1,0 +1,96 @@
+"""One network from the epochs a run kept: their weights averaged, or the epoch whose neighbours agree.
+
+A run trained with ``quality.py --keep-epochs`` saves every epoch's weights
+under ``RUN/run/epochs/``. Its usual checkpoint is the epoch with the highest
+validation per-patient Dice, a score over ten patients that jumps by several
+hundredths from one epoch to the next (``kept_epochs.py``). This script makes
+one of two other choices and exports it, in float32, as ``OUT/model.keras``,
+ready for ``quality.py --model``:
+
+- ``--choose mean`` (default): the mean of the weights of the epochs from
+  ``--first`` to ``--last`` (stochastic weight averaging, Izmailov et al.,
+  2018; a uniform "model soup", Wortsman et al., 2022);
+- ``--choose mean-of-3``: the single epoch with the highest mean of its score
+  and its two neighbours' (``helpers.plots.three_epoch_mean``).
+
+It writes ``OUT/weight_average.json`` with the epochs used.
+
+    python benchmarks/weight_average.py artifacts/quality24 --out artifacts/quality24W
+    python benchmarks/weight_average.py artifacts/quality24 --choose mean-of-3 --out artifacts/quality24M
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+import helpers  # noqa: F401  (registers the layers the saved models use)
+from helpers import plots, training
+
+
+def epoch_files(run: Path) -> tuple[pd.DataFrame, dict[int, Path]]:
+    """A quality run's history and its kept weights by 1-based epoch."""
+    history_path, folder = run / "run" / "history.csv", run / "run" / "epochs"
+    if not history_path.is_file():
+        raise SystemExit(f"{history_path}: no training history; give a folder written by benchmarks/quality.py.")
+    files = {int(path.name.split("_")[1].split(".")[0]): path for path in folder.glob("epoch_*.weights.h5")}
+    if not files:
+        raise SystemExit(f"{folder}: no epoch weights; train the run with benchmarks/quality.py --keep-epochs.")
+    return pd.read_csv(history_path), files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a folder written by benchmarks/quality.py --keep-epochs")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--choose", choices=("mean", "mean-of-3"), default="mean",
+                        help="average the epochs' weights, or keep the epoch whose neighbours score best "
+                             "(default: %(default)s)")
+    parser.add_argument("--first", type=int, default=1, help="first epoch averaged, from 1 (default: %(default)s)")
+    parser.add_argument("--last", type=int, default=None, help="last epoch averaged (default: the run's last)")
+    args = parser.parse_args()
+
+    history, files = epoch_files(args.run)
+    if args.choose == "mean-of-3":
+        kept = plots.kept_epoch(history)
+        if kept is None:
+            raise SystemExit(f"{args.run / 'run' / 'history.csv'}: no val_patient_dice or val_dice to choose by.")
+        smooth = plots.three_epoch_mean(history[kept[0]])
+        epochs = [int(smooth.to_numpy().argmax()) + 1]
+    else:
+        last = max(files) if args.last is None else args.last
+        epochs = list(range(args.first, last + 1))
+    missing = [epoch for epoch in epochs if epoch not in files]
+    if not epochs or missing:
+        raise SystemExit(f"{args.run / 'run' / 'epochs'}: no weights for epochs {missing or epochs} "
+                         f"(it holds {min(files)} to {max(files)}); choose --first and --last among them.")
+
+    model = keras.models.load_model(args.run / "run" / "best.keras", compile=False)
+    training.average_weights(model, [files[epoch] for epoch in epochs])
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        averaged = Path(scratch) / "averaged.keras"
+        model.save(averaged)
+        training.export_model(averaged, args.out / "model.keras", dtype="float32")
+    column = plots.kept_epoch(history)
+    scores = history[column[0]].iloc[[epoch - 1 for epoch in epochs]] if column else None
+    report = {
+        "command": training.command_line("benchmarks/weight_average.py", args, positional=("run",)),
+        "run": str(args.run),
+        "choose": args.choose,
+        "epochs": epochs,
+        "score": column[0] if column else None,
+        "scores_of_those_epochs": None if scores is None else [float(score) for score in scores],
+        "model": str(args.out / "model.keras"),
+    }
+    (args.out / "weight_average.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
