@@ -80,7 +80,8 @@ def main() -> None:
     column = plots.kept_epoch(history)
     scores = history[column[0]].iloc[[epoch - 1 for epoch in epochs]] if column else None
     report = {
-        "command": training.command_line("benchmarks/weight_average.py", args, positional=("run",)),
+        "command": training.command_line("benchmarks/weight_average.py", args, positional=("run",),
+                                         skip=("first", "last") if args.choose == "mean-of-3" else ()),
         "run": str(args.run),
         "choose": args.choose,
         "epochs": epochs,

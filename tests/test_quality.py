@@ -258,6 +258,7 @@ def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbou
     assert middle.returncode == 0, middle.stderr[-3000:]
     report = json.loads((tmp_path / "middle" / "weight_average.json").read_text())
     assert report["epochs"] == [3] and report["scores_of_those_epochs"] == [0.7]
+    assert "--first" not in report["command"] and "--choose mean-of-3" in report["command"]
     chosen = keras.models.load_model(tmp_path / "middle" / "model.keras")
     np.testing.assert_allclose(chosen.get_weights()[0], start[0] + 3, rtol=1e-6)
 
