@@ -13,10 +13,16 @@ ready for ``quality.py --model``:
 - ``--choose mean-of-3``: the single epoch with the highest mean of its score
   and its two neighbours' (``helpers.plots.three_epoch_mean``).
 
-It writes ``OUT/weight_average.json`` with the epochs used.
+With ``--recompute-batch-norm``, the batch-normalisation statistics are then
+computed afresh over one pass of the run's training slices, unaugmented
+(``helpers.training.recompute_batch_norm``), as stochastic weight averaging
+does; otherwise they are averaged like the other weights. It writes
+``OUT/weight_average.json`` with the epochs used.
 
     python benchmarks/weight_average.py artifacts/quality24 --out artifacts/quality24W
     python benchmarks/weight_average.py artifacts/quality24 --choose mean-of-3 --out artifacts/quality24M
+    python benchmarks/weight_average.py artifacts/quality24 --recompute-batch-norm --data-dir ../shared/lgg \
+        --out artifacts/quality24WB
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import keras
 import pandas as pd
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
-from helpers import plots, training
+from helpers import data, plots, preprocessing, training
 
 
 def epoch_files(run: Path) -> tuple[pd.DataFrame, dict[int, Path]]:
@@ -53,6 +59,11 @@ def main() -> None:
                              "(default: %(default)s)")
     parser.add_argument("--first", type=int, default=1, help="first epoch averaged, from 1 (default: %(default)s)")
     parser.add_argument("--last", type=int, default=None, help="last epoch averaged (default: the run's last)")
+    parser.add_argument("--recompute-batch-norm", action="store_true",
+                        help="recompute the batch-norm statistics over the run's training slices")
+    parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
+    parser.add_argument("--cache-dir", default="artifacts/cache",
+                        help="decoded-slice cache, as quality.py's (default: %(default)s)")
     args = parser.parse_args()
 
     history, files = epoch_files(args.run)
@@ -77,6 +88,18 @@ def main() -> None:
         averaged = Path(scratch) / "averaged.keras"
         model.save(averaged)
         training.export_model(averaged, args.out / "model.keras", dtype="float32")
+    recomputed_on = None
+    if args.recompute_batch_norm:
+        split_path = args.run / "split.csv"
+        if not split_path.is_file():
+            raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
+        exported = keras.models.load_model(args.out / "model.keras")
+        manifest = data.build_manifest(data.resolve_data_dir(args.data_dir))
+        arrays = preprocessing.arrays_by_split(manifest, pd.read_csv(split_path), int(exported.input_shape[1]),
+                                               cache_dir=args.cache_dir)
+        training.recompute_batch_norm(exported, arrays["train"][0])
+        exported.save(args.out / "model.keras")
+        recomputed_on = int(len(arrays["train"][0]))
     column = plots.kept_epoch(history)
     scores = history[column[0]].iloc[[epoch - 1 for epoch in epochs]] if column else None
     report = {
@@ -87,6 +110,7 @@ def main() -> None:
         "epochs": epochs,
         "score": column[0] if column else None,
         "scores_of_those_epochs": None if scores is None else [float(score) for score in scores],
+        "batch_norm_recomputed_on_slices": recomputed_on,
         "model": str(args.out / "model.keras"),
     }
     (args.out / "weight_average.json").write_text(json.dumps(report, indent=2))

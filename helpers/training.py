@@ -686,6 +686,48 @@ def average_weights(model: keras.Model, weight_files) -> keras.Model:
     return model
 
 
+def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> keras.Model:
+    """Set every batch-normalisation layer's moving statistics to their mean over ``images``.
+
+    Averaged weights (``average_weights``) were never trained together, so
+    the moving means and variances they carry need not fit them; stochastic
+    weight averaging recomputes them with one pass over the training data
+    (Izmailov et al., 2018). Each batch's statistics count equally: the
+    layers' momentum is set so that the moving value after batch k is the
+    mean of the first k batches, and restored afterwards. Only the moving
+    statistics change.
+
+    Args:
+        model: a model in float32 (``export_model`` gives one), with
+            ``BatchNormalization`` layers, in it or in models nested in it.
+        images: uint8 (N, H, W, 3) slices at the model's input size, values
+            0-255, given to the model as prediction does (divided by 255).
+        batch_size: slices per batch; the last batch may be smaller.
+
+    Returns:
+        ``model``, its moving statistics replaced.
+
+    Raises:
+        ValueError: if the model has no batch normalisation, or ``images``
+            are empty.
+    """
+    norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        raise ValueError("recompute_batch_norm: the model has no BatchNormalization layer.")
+    if len(images) == 0:
+        raise ValueError("recompute_batch_norm: no images given.")
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for step, start in enumerate(range(0, len(images), batch_size), start=1):
+            for layer in norms:
+                layer.momentum = (step - 1) / step
+            model(images[start:start + batch_size].astype(np.float32) / 255.0, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return model
+
+
 def _with_dtype_policy(config, dtype: str):
     """A copy of a model config computing in ``dtype`` wherever it used a mixed policy.
 

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
-from helpers.data import resolve_data_dir
+from helpers.data import build_manifest, resolve_data_dir
 from helpers.model import build_resunet
+from helpers.preprocessing import split_patients
 from helpers.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,3 +269,35 @@ def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbou
     (run / "history.csv").replace(tmp_path / "bare" / "run" / "history.csv")
     unkept = run_script("weight_average.py", "bare", "--out", "x", cwd=tmp_path)
     assert unkept.returncode != 0 and "train the run with benchmarks/quality.py --keep-epochs" in unkept.stderr
+
+
+def test_weight_average_recomputes_batch_norm_over_the_runs_training_slices(tmp_path):
+    run = tmp_path / "quality"
+    (run / "run" / "epochs").mkdir(parents=True)
+    keras.utils.set_random_seed(6)
+    model = build_resunet((32, 32, 3), base_filters=4, depth=2)
+    model.save(run / "run" / "best.keras")
+    model.save_weights(run / "run" / "epochs" / "epoch_001.weights.h5")
+    pd.DataFrame({"loss": [0.9], "val_patient_dice": [0.5]}).to_csv(run / "run" / "history.csv", index=False)
+    root = make_synthetic_dataset(tmp_path / "data", n_patients=20, slices_per_patient=3, size=256, seed=2)
+    missing = run_script("weight_average.py", "quality", "--recompute-batch-norm", "--data-dir", str(root),
+                         "--out", "x", cwd=tmp_path)
+    assert missing.returncode != 0 and "quality/split.csv: no split" in missing.stderr
+    split = split_patients(build_manifest(resolve_data_dir(str(root))), seed=42)
+    split.to_csv(run / "split.csv", index=False)
+
+    result = run_script("weight_average.py", "quality", "--recompute-batch-norm", "--data-dir", str(root),
+                        "--cache-dir", "cache", "--out", "bn", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bn" / "weight_average.json").read_text())
+    assert report["batch_norm_recomputed_on_slices"] == 3 * int((split["split"] == "train").sum())
+    recomputed = keras.models.load_model(tmp_path / "bn" / "model.keras")
+    norms = [(name, layer) for name, layer in ((layer.name, layer) for layer in recomputed.layers)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    # A fresh network's statistics are 0 and 1; after the pass they are the slices' own.
+    for name, layer in norms:
+        fresh = model.get_layer(name)
+        np.testing.assert_array_equal(fresh.moving_mean.numpy(), 0.0)
+        assert not np.allclose(layer.moving_mean.numpy(), 0.0) and not np.allclose(layer.moving_variance.numpy(), 1.0)
+        np.testing.assert_array_equal(layer.gamma.numpy(), fresh.gamma.numpy())

@@ -31,6 +31,7 @@ from helpers.training import (
     load_initial_weights,
     prepare_run,
     publish_model,
+    recompute_batch_norm,
     train,
 )
 
@@ -491,6 +492,30 @@ def test_every_epoch_is_kept_at_a_constant_rate_and_averaged(slices, tmp_path):
         average_weights(wider, files[:1])
     with pytest.raises(ValueError, match="'steady'"):
         train(tiny_model(), train_data, val_data, tmp_path / "other", epochs=1, verbose=0, schedule="steady")
+
+
+def test_batch_norm_statistics_become_the_mean_over_the_batches_and_nothing_else_changes():
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Conv2D(2, 1)(keras.layers.BatchNormalization()(inputs))
+    model = keras.Model(inputs, outputs)
+    norm = model.layers[1]
+    images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    others = [weight.copy() for weight in model.layers[2].get_weights()] + [norm.gamma.numpy(), norm.beta.numpy()]
+    recompute_batch_norm(model, images, batch_size=16)
+    # Batches of 16, 16 and 8: each batch's mean and (biased) variance counts once.
+    batches = [images[start:start + 16].astype(np.float32) / 255.0 for start in (0, 16, 32)]
+    np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(),
+                               np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0), rtol=1e-4)
+    assert norm.momentum == 0.99
+    for got, want in zip(model.layers[2].get_weights() + [norm.gamma.numpy(), norm.beta.numpy()], others):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="no images"):
+        recompute_batch_norm(model, images[:0])
+    plain = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(1, 1)])
+    with pytest.raises(ValueError, match="no BatchNormalization layer"):
+        recompute_batch_norm(plain, images)
 
 
 def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
