@@ -67,6 +67,9 @@ def main() -> None:
     args = parser.parse_args()
 
     history, files = epoch_files(args.run)
+    split_path = args.run / "split.csv"
+    if args.recompute_batch_norm and not split_path.is_file():
+        raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
     if args.choose == "mean-of-3":
         kept = plots.kept_epoch(history)
         if kept is None:
@@ -83,23 +86,22 @@ def main() -> None:
 
     model = keras.models.load_model(args.run / "run" / "best.keras", compile=False)
     training.average_weights(model, [files[epoch] for epoch in epochs])
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        averaged = Path(scratch) / "averaged.keras"
-        model.save(averaged)
-        training.export_model(averaged, args.out / "model.keras", dtype="float32")
     recomputed_on = None
+    with tempfile.TemporaryDirectory() as scratch:
+        # Exported in float32 first, so that the statistics are recomputed as the model will predict.
+        model.save(Path(scratch) / "averaged.keras")
+        exported = training.export_model(Path(scratch) / "averaged.keras", Path(scratch) / "exported.keras",
+                                         dtype="float32")
+        model = keras.models.load_model(exported)
     if args.recompute_batch_norm:
-        split_path = args.run / "split.csv"
-        if not split_path.is_file():
-            raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
-        exported = keras.models.load_model(args.out / "model.keras")
         manifest = data.build_manifest(data.resolve_data_dir(args.data_dir))
-        arrays = preprocessing.arrays_by_split(manifest, pd.read_csv(split_path), int(exported.input_shape[1]),
+        arrays = preprocessing.arrays_by_split(manifest, pd.read_csv(split_path), int(model.input_shape[1]),
                                                cache_dir=args.cache_dir)
-        training.recompute_batch_norm(exported, arrays["train"][0])
-        exported.save(args.out / "model.keras")
+        training.recompute_batch_norm(model, arrays["train"][0])
         recomputed_on = int(len(arrays["train"][0]))
+    # Written last, so that a failure above leaves no model that looks finished.
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / "model.keras")
     column = plots.kept_epoch(history)
     scores = history[column[0]].iloc[[epoch - 1 for epoch in epochs]] if column else None
     report = {

@@ -283,6 +283,7 @@ def test_weight_average_recomputes_batch_norm_over_the_runs_training_slices(tmp_
     missing = run_script("weight_average.py", "quality", "--recompute-batch-norm", "--data-dir", str(root),
                          "--out", "x", cwd=tmp_path)
     assert missing.returncode != 0 and "quality/split.csv: no split" in missing.stderr
+    assert not (tmp_path / "x").exists()
     split = split_patients(build_manifest(resolve_data_dir(str(root))), seed=42)
     split.to_csv(run / "split.csv", index=False)
 
