@@ -293,12 +293,11 @@ def test_weight_average_recomputes_batch_norm_over_the_runs_training_slices(tmp_
     report = json.loads((tmp_path / "bn" / "weight_average.json").read_text())
     assert report["batch_norm_recomputed_on_slices"] == 3 * int((split["split"] == "train").sum())
     recomputed = keras.models.load_model(tmp_path / "bn" / "model.keras")
-    norms = [(name, layer) for name, layer in ((layer.name, layer) for layer in recomputed.layers)
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in recomputed.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms
     # A fresh network's statistics are 0 and 1; after the pass they are the slices' own.
-    for name, layer in norms:
-        fresh = model.get_layer(name)
+    for layer in norms:
+        fresh = model.get_layer(layer.name)
         np.testing.assert_array_equal(fresh.moving_mean.numpy(), 0.0)
         assert not np.allclose(layer.moving_mean.numpy(), 0.0) and not np.allclose(layer.moving_variance.numpy(), 1.0)
         np.testing.assert_array_equal(layer.gamma.numpy(), fresh.gamma.numpy())
