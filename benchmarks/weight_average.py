@@ -38,6 +38,8 @@ import pandas as pd
 import helpers  # noqa: F401  (registers the layers the saved models use)
 from helpers import data, plots, preprocessing, training
 
+CACHE_DIR = "artifacts/cache"
+
 
 def epoch_files(run: Path) -> tuple[pd.DataFrame, dict[int, Path]]:
     """A quality run's history and its kept weights by 1-based epoch."""
@@ -62,9 +64,15 @@ def main() -> None:
     parser.add_argument("--recompute-batch-norm", action="store_true",
                         help="recompute the batch-norm statistics over the run's training slices")
     parser.add_argument("--data-dir", default=None, help=data.DATA_DIR_HELP)
-    parser.add_argument("--cache-dir", default="artifacts/cache",
-                        help="decoded-slice cache, as quality.py's (default: %(default)s)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="decoded-slice cache, as quality.py's (default with --recompute-batch-norm: "
+                             f"{CACHE_DIR})")
     args = parser.parse_args()
+    if args.recompute_batch_norm:
+        args.cache_dir = args.cache_dir or CACHE_DIR
+    elif args.data_dir is not None or args.cache_dir is not None:
+        parser.error("--data-dir and --cache-dir are read only with --recompute-batch-norm; "
+                     "add it, or leave them out.")
 
     history, files = epoch_files(args.run)
     split_path = args.run / "split.csv"
