@@ -46,7 +46,7 @@ def epoch_files(run: Path) -> tuple[pd.DataFrame, dict[int, Path]]:
     history_path, folder = run / "run" / "history.csv", run / "run" / "epochs"
     if not history_path.is_file():
         raise SystemExit(f"{history_path}: no training history; give a folder written by benchmarks/quality.py.")
-    files = {int(path.name.split("_")[1].split(".")[0]): path for path in folder.glob("epoch_*.weights.h5")}
+    files = training.kept_weight_files(run / "run")
     if not files:
         raise SystemExit(f"{folder}: no epoch weights; train the run with benchmarks/quality.py --keep-epochs.")
     return pd.read_csv(history_path), files

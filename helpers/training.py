@@ -646,6 +646,21 @@ def load_initial_weights(model: keras.Model, source: str | Path) -> keras.Model:
     return model
 
 
+def kept_weight_files(run_dir: str | Path) -> dict[int, Path]:
+    """The weights a run kept of every epoch (``train(keep_epochs=True)``), by epoch.
+
+    Args:
+        run_dir: the folder ``train`` wrote, e.g. notebook 04's
+            ``artifacts/training`` or ``quality.py``'s ``OUT/run``.
+
+    Returns:
+        ``{epoch: path}`` of ``run_dir/epochs/epoch_NNN.weights.h5``, epochs
+        counted from 1, in order; empty if the run kept none.
+    """
+    folder = Path(run_dir) / "epochs"
+    return {int(path.name.split("_")[1].split(".")[0]): path for path in sorted(folder.glob("epoch_*.weights.h5"))}
+
+
 def average_weights(model: keras.Model, weight_files) -> keras.Model:
     """Put in ``model`` the mean of the weights saved in several files.
 

@@ -216,13 +216,24 @@ def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series
 def test_training_on_flair_alone_saves_a_model_that_reads_flair_alone(series, tmp_path):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(series, artifacts)
-    parameters = {"ARTIFACTS_DIR": str(artifacts), **SHARED, **SMALL["04_training.ipynb"], "EPOCHS": 1,
-                  "CHANNELS": [1], "RESUME": False}
-    execute("04_training.ipynb", tmp_path, parameters)
+    parameters = {"ARTIFACTS_DIR": str(artifacts), **SHARED, **SMALL["04_training.ipynb"], "EPOCHS": 2,
+                  "CHANNELS": [1], "RESUME": False, "KEEP_EPOCHS": True, "AVERAGE_FROM_EPOCH": 1}
+    executed = execute("04_training.ipynb", tmp_path, parameters)
     assert json.loads((artifacts / "training" / "settings.json").read_text())["channels"] == [1]
     model = keras.models.load_model(artifacts / "model.keras")
     assert model.get_layer("select_channels").channels == (1,)
     assert model.get_layer("enc0_conv1").kernel.shape[2] == 1
+    # Both epochs kept and averaged beside model.keras, which stays the best epoch.
+    printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
+    assert "Epochs 1 to 2 averaged, batch norm recomputed over" in printed and "for model.keras" in printed
+    averaged = keras.models.load_model(artifacts / "training" / "averaged.keras")
+    epochs = []
+    for epoch in (1, 2):
+        model.load_weights(artifacts / "training" / "epochs" / f"epoch_{epoch:03d}.weights.h5")
+        epochs.append(model.get_layer("enc0_conv1").kernel.numpy())
+    np.testing.assert_allclose(averaged.get_layer("enc0_conv1").kernel.numpy(), (epochs[0] + epochs[1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(epochs[0], epochs[1])
 
 def test_notebook_with_missing_inputs_names_the_notebook_to_run_first(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="01_data_download"):
