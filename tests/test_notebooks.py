@@ -223,7 +223,7 @@ def test_training_on_flair_alone_saves_a_model_that_reads_flair_alone(series, tm
     model = keras.models.load_model(artifacts / "model.keras")
     assert model.get_layer("select_channels").channels == (1,)
     assert model.get_layer("enc0_conv1").kernel.shape[2] == 1
-    # Both epochs kept and averaged beside model.keras, which stays the best epoch.
+    # Both epochs kept, then averaged into training/averaged.keras beside model.keras.
     printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
     assert "Epochs 1 to 2 averaged, batch norm recomputed over" in printed and "for model.keras" in printed
     averaged = keras.models.load_model(artifacts / "training" / "averaged.keras")
