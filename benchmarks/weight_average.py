@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-import keras
 import pandas as pd
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
@@ -74,7 +72,7 @@ def main() -> None:
         parser.error("--data-dir and --cache-dir are read only with --recompute-batch-norm; "
                      "add it, or leave them out.")
 
-    history, files = epoch_files(args.run)
+    history = epoch_files(args.run)[0]
     split_path = args.run / "split.csv"
     if args.recompute_batch_norm and not split_path.is_file():
         raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
@@ -83,24 +81,14 @@ def main() -> None:
         if kept is None:
             raise SystemExit(f"{args.run / 'run' / 'history.csv'}: no val_patient_dice or val_dice to choose by.")
         smooth = plots.three_epoch_mean(history[kept[0]])
-        epochs = [int(smooth.to_numpy().argmax()) + 1]
+        first = last = int(smooth.to_numpy().argmax()) + 1
     else:
-        last = max(files) if args.last is None else args.last
-        epochs = list(range(args.first, last + 1))
-    missing = [epoch for epoch in epochs if epoch not in files]
-    if not epochs or missing:
-        raise SystemExit(f"{args.run / 'run' / 'epochs'}: no weights for epochs {missing or epochs} "
-                         f"(it holds {min(files)} to {max(files)}); choose --first and --last among them.")
-
-    model = keras.models.load_model(args.run / "run" / "best.keras", compile=False)
-    training.average_weights(model, [files[epoch] for epoch in epochs])
+        first, last = args.first, args.last
+    try:
+        model, epochs = training.average_kept_epochs(args.run / "run", first, last)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     recomputed_on = None
-    with tempfile.TemporaryDirectory() as scratch:
-        # Exported in float32 first, so that the statistics are recomputed as the model will predict.
-        model.save(Path(scratch) / "averaged.keras")
-        exported = training.export_model(Path(scratch) / "averaged.keras", Path(scratch) / "exported.keras",
-                                         dtype="float32")
-        model = keras.models.load_model(exported)
     if args.recompute_batch_norm:
         manifest = data.build_manifest(data.resolve_data_dir(args.data_dir))
         arrays = preprocessing.arrays_by_split(manifest, pd.read_csv(split_path), int(model.input_shape[1]),

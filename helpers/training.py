@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -741,6 +742,63 @@ def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int
         for layer, momentum in zip(norms, momenta):
             layer.momentum = momentum
     return model
+
+
+def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int | None = None,
+                        train_images: np.ndarray | None = None, batch_size: int = 16) -> tuple[keras.Model, list[int]]:
+    """One float32 network from the epochs a run kept: their weights averaged, batch norm recomputed.
+
+    The whole recipe of stochastic weight averaging as this project runs it
+    (notebook 04 and ``benchmarks/weight_average.py``): ``average_weights``
+    over the chosen epochs, ``export_model`` to float32 (so that the
+    statistics are recomputed as the model will predict), then
+    ``recompute_batch_norm`` over the training slices.
+
+    Args:
+        run_dir: the folder ``train(keep_epochs=True)`` wrote (``best.keras``
+            and ``epochs/``).
+        first: the first epoch averaged, counted from 1; ``None``: the second
+            half of the run (``last // 2 + 1``), where the epochs wander about
+            one level rather than still climbing.
+        last: the last epoch averaged; ``None``: the run's last kept epoch.
+            ``first == last`` gives that epoch's weights alone.
+        train_images: uint8 (N, H, W, 3) training slices at the model's input
+            size, values 0-255, to recompute the batch-norm statistics over;
+            ``None`` keeps the averaged statistics.
+        batch_size: slices per batch of that pass.
+
+    Returns:
+        ``(model, epochs)``: the averaged network, uncompiled and computing
+        in float32, and the epochs averaged.
+
+    Raises:
+        FileNotFoundError: if the run kept no epochs.
+        ValueError: if an epoch asked for was not kept, naming the folder
+            and the epochs it holds.
+    """
+    folder = Path(run_dir) / "epochs"
+    files = kept_weight_files(run_dir)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no epoch weights; train with keep_epochs=True "
+                                "(notebook 04's KEEP_EPOCHS, quality.py's --keep-epochs).")
+    last = max(files) if last is None else last
+    first = last // 2 + 1 if first is None else first
+    held = f"(it holds {min(files)} to {max(files)}); choose the first and last epochs among them."
+    if first > last:
+        raise ValueError(f"{folder}: the first epoch averaged, {first}, comes after the last, {last} {held}")
+    epochs = list(range(first, last + 1))
+    missing = [epoch for epoch in epochs if epoch not in files]
+    if missing:
+        raise ValueError(f"{folder}: no weights for epochs {missing} {held}")
+    model = average_weights(keras.models.load_model(Path(run_dir) / "best.keras", compile=False),
+                            [files[epoch] for epoch in epochs])
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save(Path(scratch) / "averaged.keras")
+        exported = export_model(Path(scratch) / "averaged.keras", Path(scratch) / "exported.keras", dtype="float32")
+        model = keras.models.load_model(exported, compile=False)
+    if train_images is not None:
+        recompute_batch_norm(model, train_images, batch_size)
+    return model, epochs
 
 
 def _with_dtype_policy(config, dtype: str):

@@ -25,6 +25,7 @@ from helpers.losses import DiceScore
 from helpers.model import build_resunet
 from helpers.preprocessing import make_dataset
 from helpers.training import (
+    average_kept_epochs,
     average_weights,
     command_line,
     compile_model,
@@ -492,6 +493,49 @@ def test_every_epoch_is_kept_at_a_constant_rate_and_averaged(slices, tmp_path):
         average_weights(wider, files[:1])
     with pytest.raises(ValueError, match="'steady'"):
         train(tiny_model(), train_data, val_data, tmp_path / "other", epochs=1, verbose=0, schedule="steady")
+
+
+def test_kept_epochs_average_into_one_float32_network_its_batch_norm_recomputed(tmp_path):
+    run = tmp_path / "run"
+    (run / "epochs").mkdir(parents=True)
+    keras.utils.set_random_seed(7)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_resunet((32, 32, 3), base_filters=4, depth=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(run / "best.keras")
+    start = model.get_weights()
+    for epoch in (1, 2, 3, 4, 5):
+        model.set_weights([weight + epoch for weight in start])
+        model.save_weights(run / "epochs" / f"epoch_{epoch:03d}.weights.h5")
+
+    # By default, the second half of the run: epochs 3 to 5, whose mean is start + 4, computed in float32.
+    averaged, epochs = average_kept_epochs(run)
+    assert epochs == [3, 4, 5]
+    assert {layer.dtype_policy.name for layer in averaged.layers} == {"float32"}
+    for got, want in zip(averaged.get_weights(), start, strict=True):
+        np.testing.assert_allclose(got, want + 4, rtol=1e-6, atol=1e-6)
+
+    # One epoch, its batch-norm statistics recomputed over the slices given: only those change.
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    recomputed, epochs = average_kept_epochs(run, first=2, last=2, train_images=images)
+    assert epochs == [2]
+    moving = 0
+    for variable, want in zip(recomputed.weights, start, strict=True):
+        if "moving_" in variable.path:
+            moving += 1
+            assert not np.allclose(variable.numpy(), want + 2)
+        else:
+            np.testing.assert_allclose(variable.numpy(), want + 2, rtol=1e-6, atol=1e-6)
+    assert moving > 0
+
+    with pytest.raises(ValueError, match=r"epochs: no weights for epochs \[6\] \(it holds 1 to 5\)"):
+        average_kept_epochs(run, first=5, last=6)
+    with pytest.raises(ValueError, match="the first epoch averaged, 7, comes after the last, 5"):
+        average_kept_epochs(run, first=7)
+    with pytest.raises(FileNotFoundError, match=r"no epoch weights; train with keep_epochs=True"):
+        average_kept_epochs(tmp_path / "unkept")
 
 
 def test_batch_norm_statistics_become_the_mean_over_the_batches_and_nothing_else_changes():
