@@ -17,12 +17,16 @@ With ``--recompute-batch-norm``, the batch-normalisation statistics are then
 computed afresh over one pass of the run's training slices, unaugmented
 (``helpers.training.recompute_batch_norm``), as stochastic weight averaging
 does; otherwise they are averaged like the other weights. It writes
-``OUT/weight_average.json`` with the epochs used.
+``OUT/weight_average.json`` with the epochs used. ``--continued-by`` adds
+the epochs of runs that went on from RUN's last epoch, numbered on after
+RUN's, so that one average spans a run and its continuations.
 
     python benchmarks/weight_average.py artifacts/quality24 --out artifacts/quality24W
     python benchmarks/weight_average.py artifacts/quality24 --choose mean-of-3 --out artifacts/quality24M
     python benchmarks/weight_average.py artifacts/quality24 --recompute-batch-norm --data-dir ../shared/lgg \
         --out artifacts/quality24WB
+    python benchmarks/weight_average.py artifacts/quality24 --continued-by artifacts/quality26 \
+        --recompute-batch-norm --data-dir ../shared/lgg --out artifacts/quality2426WB
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a folder written by benchmarks/quality.py --keep-epochs")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--continued-by", type=Path, nargs="+", default=[], metavar="RUN",
+                        help="folders of runs trained on from RUN's last epoch (quality.py --init-model), in order; "
+                             "their kept epochs are numbered on after RUN's, so that one average spans them all")
     parser.add_argument("--choose", choices=("mean", "mean-of-3"), default="mean",
                         help="average the epochs' weights, or keep the epoch whose neighbours score best "
                              "(default: %(default)s)")
@@ -72,10 +79,15 @@ def main() -> None:
         parser.error("--data-dir and --cache-dir are read only with --recompute-batch-norm; "
                      "add it, or leave them out.")
 
-    history = epoch_files(args.run)[0]
+    history = pd.concat([epoch_files(run)[0] for run in (args.run, *args.continued_by)], ignore_index=True)
     split_path = args.run / "split.csv"
     if args.recompute_batch_norm and not split_path.is_file():
         raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
+    for run in args.continued_by:
+        if split_path.is_file() and (run / "split.csv").is_file() and not pd.read_csv(run / "split.csv").equals(
+                pd.read_csv(split_path)):
+            raise SystemExit(f"{run / 'split.csv'}: not the split of {split_path}; a continued run keeps its "
+                             "patients.")
     if args.choose == "mean-of-3":
         kept = plots.kept_epoch(history)
         if kept is None:
@@ -85,7 +97,8 @@ def main() -> None:
     else:
         first, last = args.first, args.last
     try:
-        model, epochs = training.average_kept_epochs(args.run / "run", first, last)
+        model, epochs = training.average_kept_epochs(args.run / "run", first, last,
+                                                     continued_by=[run / "run" for run in args.continued_by])
     except ValueError as error:
         raise SystemExit(str(error)) from None
     recomputed_on = None
@@ -104,6 +117,7 @@ def main() -> None:
         "command": training.command_line("benchmarks/weight_average.py", args, positional=("run",),
                                          skip=("first", "last") if args.choose == "mean-of-3" else ()),
         "run": str(args.run),
+        "continued_by": [str(run) for run in args.continued_by],
         "choose": args.choose,
         "epochs": epochs,
         "score": column[0] if column else None,

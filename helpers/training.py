@@ -528,7 +528,8 @@ def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip:
 
     Every option given a value is written out, defaults included, so the
     command still means the same when a default changes later; options left
-    unset (``None``) and switches left off are left out, as they were not given.
+    unset (``None``, or an empty list) and switches left off are left out, as
+    they were not given.
 
     Args:
         script: the script as run from the repository root, e.g.
@@ -546,7 +547,7 @@ def command_line(script: str, arguments, positional: tuple[str, ...] = (), skip:
 
     parts = [f"{prefix} python {script}".strip()]
     for name, value in vars(arguments).items():
-        if name in skip or value is None or value is False:
+        if name in skip or value is None or value is False or (isinstance(value, list | tuple) and not value):
             continue
         text = " ".join(shlex.quote(str(item)) for item in (value if isinstance(value, list | tuple) else [value]))
         option = "--" + name.replace("_", "-")
@@ -745,7 +746,8 @@ def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int
 
 
 def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int | None = None,
-                        train_images: np.ndarray | None = None, batch_size: int = 16) -> tuple[keras.Model, list[int]]:
+                        train_images: np.ndarray | None = None, batch_size: int = 16,
+                        continued_by=()) -> tuple[keras.Model, list[int]]:
     """One float32 network from the epochs a run kept: their weights averaged, batch norm recomputed.
 
     The whole recipe of stochastic weight averaging as this project runs it
@@ -766,24 +768,33 @@ def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int
             size, values 0-255, to recompute the batch-norm statistics over;
             ``None`` keeps the averaged statistics.
         batch_size: slices per batch of that pass.
+        continued_by: folders of runs that went on from this one's last
+            epoch (``init_model``), in order; their kept epochs are numbered
+            on after its own, so that one average can span them all.
 
     Returns:
         ``(model, epochs)``: the averaged network, uncompiled and computing
         in float32, and the epochs averaged.
 
     Raises:
-        FileNotFoundError: if the run kept no epochs.
+        FileNotFoundError: if a run kept no epochs.
         ValueError: if an epoch asked for was not kept, naming the folder
             and the epochs it holds.
     """
-    folder = Path(run_dir) / "epochs"
-    files = kept_weight_files(run_dir)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no epoch weights; train with keep_epochs=True "
-                                "(notebook 04's KEEP_EPOCHS, quality.py's --keep-epochs).")
+    folders = [Path(run_dir), *(Path(folder) for folder in continued_by)]
+    files = {}
+    for folder in folders:
+        kept = kept_weight_files(folder)
+        if not kept:
+            raise FileNotFoundError(f"{folder / 'epochs'}: no epoch weights; train with keep_epochs=True "
+                                    "(notebook 04's KEEP_EPOCHS, quality.py's --keep-epochs).")
+        offset = max(files, default=0)
+        files.update({offset + epoch: path for epoch, path in kept.items()})
+    folder = " and ".join(str(folder / "epochs") for folder in folders)
     last = max(files) if last is None else last
     first = last // 2 + 1 if first is None else first
-    held = f"(it holds {min(files)} to {max(files)}); choose the first and last epochs among them."
+    held = (f"({'they hold' if continued_by else 'it holds'} {min(files)} to {max(files)}); "
+            "choose the first and last epochs among them.")
     if first > last:
         raise ValueError(f"{folder}: the first epoch averaged, {first}, comes after the last, {last} {held}")
     epochs = list(range(first, last + 1))

@@ -275,6 +275,48 @@ def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbou
     assert not (tmp_path / "x").exists()
 
 
+def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path):
+    keras.utils.set_random_seed(8)
+    model = build_resunet((32, 32, 3), base_filters=4, depth=2)
+    start = model.get_weights()
+    split = pd.DataFrame({"patient": ["A", "B"], "split": ["train", "val"]})
+    for name, offsets in (("first", (1, 2)), ("then", (3, 4, 5))):
+        run = tmp_path / name / "run"
+        (run / "epochs").mkdir(parents=True)
+        model.set_weights(start)
+        model.save(run / "best.keras")
+        for epoch, offset in enumerate(offsets, start=1):
+            model.set_weights([weight + offset for weight in start])
+            model.save_weights(run / "epochs" / f"epoch_{epoch:03d}.weights.h5")
+        pd.DataFrame({"loss": [0.5] * len(offsets), "val_patient_dice": [offset / 10 for offset in offsets]}).to_csv(
+            run / "history.csv", index=False)
+        split.to_csv(tmp_path / name / "split.csv", index=False)
+
+    # The second run's three epochs count on as 3 to 5: epochs 2 to 5 average to start + 3.5.
+    both = run_script("weight_average.py", "first", "--continued-by", "then", "--first", "2", "--out", "both",
+                      cwd=tmp_path)
+    assert both.returncode == 0, both.stderr[-3000:]
+    report = json.loads((tmp_path / "both" / "weight_average.json").read_text())
+    assert report["epochs"] == [2, 3, 4, 5] and report["continued_by"] == ["then"]
+    assert report["scores_of_those_epochs"] == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert "--continued-by then" in report["command"]
+    averaged = keras.models.load_model(tmp_path / "both" / "model.keras")
+    for got, want in zip(averaged.get_weights(), start, strict=True):
+        np.testing.assert_allclose(got, want + 3.5, rtol=1e-6, atol=1e-6)
+    alone = run_script("weight_average.py", "first", "--out", "alone", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "--continued-by" not in json.loads((tmp_path / "alone" / "weight_average.json").read_text())["command"]
+
+    beyond = run_script("weight_average.py", "first", "--continued-by", "then", "--last", "7", "--out", "x",
+                        cwd=tmp_path)
+    assert beyond.returncode != 0 and "no weights for epochs [6, 7] (they hold 1 to 5)" in beyond.stderr
+    # A run on other patients did not go on from this one: refused.
+    split.assign(split=["val", "train"]).to_csv(tmp_path / "then" / "split.csv", index=False)
+    other = run_script("weight_average.py", "first", "--continued-by", "then", "--out", "x", cwd=tmp_path)
+    assert other.returncode != 0 and "then/split.csv: not the split of first/split.csv" in other.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_weight_average_recomputes_batch_norm_over_the_runs_training_slices(tmp_path):
     run = tmp_path / "quality"
     (run / "run" / "epochs").mkdir(parents=True)

@@ -641,6 +641,7 @@ def test_command_line_reruns_the_script_with_the_same_arguments():
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--init-seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=1e-3)
+    parser.add_argument("--also", nargs="+", default=[])
     arguments = parser.parse_args(["a", "b c", "--soft-masks", "--sizes", "64"])
     command = command_line("benchmarks/x.py", arguments, positional=("runs",), prefix="KERAS_BACKEND=jax")
     assert command == ("KERAS_BACKEND=jax python benchmarks/x.py a 'b c' --out artifacts/x --sizes 64 --soft-masks "
