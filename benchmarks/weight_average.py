@@ -35,6 +35,8 @@ import argparse
 import json
 from pathlib import Path
 
+import keras
+import numpy as np
 import pandas as pd
 
 import helpers  # noqa: F401  (registers the layers the saved models use)
@@ -51,7 +53,30 @@ def epoch_files(run: Path) -> tuple[pd.DataFrame, dict[int, Path]]:
     files = training.kept_weight_files(run / "run")
     if not files:
         raise SystemExit(f"{folder}: no epoch weights; train the run with benchmarks/quality.py --keep-epochs.")
-    return pd.read_csv(history_path), files
+    history = pd.read_csv(history_path)
+    if len(history) != max(files):
+        raise SystemExit(f"{history_path}: {len(history)} epochs of history against {max(files)} kept in {folder}; "
+                         "the scores would not line up with the weights.")
+    return history, files
+
+
+def check_continues(previous: Path, run: Path) -> None:
+    """Refuse ``run`` unless it trained on from the last epoch ``previous`` kept (its ``--init-model``)."""
+    settings_path = run / "run" / "settings.json"
+    start = json.loads(settings_path.read_text()).get("init_model") if settings_path.is_file() else None
+    kept = training.kept_weight_files(previous / "run")
+    remedy = (f"--continued-by takes runs trained from the last epoch of the run before them: make it with "
+              f"`python benchmarks/weight_average.py {previous} --first {max(kept)} --last {max(kept)} --out DIR` "
+              "and train with --init-model DIR/model.keras.")
+    if not start or not Path(start).is_file():
+        raise SystemExit(f"{settings_path}: no --init-model file to check ({start}); {remedy}")
+    last = keras.models.load_model(previous / "run" / "best.keras", compile=False)
+    training.average_weights(last, [kept[max(kept)]])
+    began = keras.models.load_model(start, compile=False).get_weights()
+    if len(began) != len(last.get_weights()) or not all(
+            np.array_equal(one, other) for one, other in zip(began, last.get_weights())):
+        raise SystemExit(f"{settings_path}: its --init-model, {start}, is not epoch {max(kept)} of {previous}, "
+                         f"the last it kept; {remedy}")
 
 
 def main() -> None:
@@ -83,7 +108,8 @@ def main() -> None:
     split_path = args.run / "split.csv"
     if args.recompute_batch_norm and not split_path.is_file():
         raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
-    for run in args.continued_by:
+    for previous, run in zip((args.run, *args.continued_by), args.continued_by):
+        check_continues(previous, run)
         if split_path.is_file() and (run / "split.csv").is_file() and not pd.read_csv(run / "split.csv").equals(
                 pd.read_csv(split_path)):
             raise SystemExit(f"{run / 'split.csv'}: not the split of {split_path}; a continued run keeps its "

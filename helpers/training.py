@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -747,7 +748,7 @@ def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int
 
 def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int | None = None,
                         train_images: np.ndarray | None = None, batch_size: int = 16,
-                        continued_by=()) -> tuple[keras.Model, list[int]]:
+                        continued_by: Sequence[str | Path] = ()) -> tuple[keras.Model, list[int]]:
     """One float32 network from the epochs a run kept: their weights averaged, batch norm recomputed.
 
     The whole recipe of stochastic weight averaging as this project runs it

@@ -291,6 +291,10 @@ def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path):
         pd.DataFrame({"loss": [0.5] * len(offsets), "val_patient_dice": [offset / 10 for offset in offsets]}).to_csv(
             run / "history.csv", index=False)
         split.to_csv(tmp_path / name / "split.csv", index=False)
+    # The second run trained on from the first one's last epoch, as quality.py --init-model records.
+    model.set_weights([weight + 2 for weight in start])
+    model.save(tmp_path / "first_last.keras")
+    (tmp_path / "then" / "run" / "settings.json").write_text(json.dumps({"init_model": "first_last.keras"}))
 
     # The second run's three epochs count on as 3 to 5: epochs 2 to 5 average to start + 3.5.
     both = run_script("weight_average.py", "first", "--continued-by", "then", "--first", "2", "--out", "both",
@@ -314,6 +318,17 @@ def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path):
     split.assign(split=["val", "train"]).to_csv(tmp_path / "then" / "split.csv", index=False)
     other = run_script("weight_average.py", "first", "--continued-by", "then", "--out", "x", cwd=tmp_path)
     assert other.returncode != 0 and "then/split.csv: not the split of first/split.csv" in other.stderr
+    split.to_csv(tmp_path / "then" / "split.csv", index=False)
+    # Nor did a run that started from another epoch (here the first run's best, not its last).
+    (tmp_path / "then" / "run" / "settings.json").write_text(json.dumps({"init_model": "first/run/best.keras"}))
+    elsewhere = run_script("weight_average.py", "first", "--continued-by", "then", "--out", "x", cwd=tmp_path)
+    assert elsewhere.returncode != 0
+    assert "its --init-model, first/run/best.keras, is not epoch 2 of first" in elsewhere.stderr
+    # A history that does not match the kept epochs would put the wrong score beside each epoch.
+    pd.DataFrame({"loss": [0.5], "val_patient_dice": [0.1]}).to_csv(tmp_path / "first" / "run" / "history.csv",
+                                                                    index=False)
+    short = run_script("weight_average.py", "first", "--out", "x", cwd=tmp_path)
+    assert short.returncode != 0 and "1 epochs of history against 2 kept" in short.stderr
     assert not (tmp_path / "x").exists()
 
 

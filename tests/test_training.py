@@ -529,6 +529,10 @@ def test_kept_epochs_average_into_one_float32_network_its_batch_norm_recomputed(
         else:
             np.testing.assert_allclose(variable.numpy(), want + 2, rtol=1e-6, atol=1e-6)
     assert moving > 0
+    # Recomputed after the float32 export, as the exported network will predict.
+    exported, _ = average_kept_epochs(run, first=2, last=2)
+    for got, want in zip(recomputed.get_weights(), recompute_batch_norm(exported, images).get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
 
     with pytest.raises(ValueError, match=r"epochs: no weights for epochs \[6\] \(it holds 1 to 5\)"):
         average_kept_epochs(run, first=5, last=6)
