@@ -771,7 +771,9 @@ def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int
         batch_size: slices per batch of that pass.
         continued_by: folders of runs that went on from this one's last
             epoch (``init_model``), in order; their kept epochs are numbered
-            on after its own, so that one average can span them all.
+            on after its own, so that one average can span them all. Not
+            checked here; ``benchmarks/weight_average.py`` compares the
+            weights each started from with the last epoch before it.
 
     Returns:
         ``(model, epochs)``: the averaged network, uncompiled and computing
@@ -791,17 +793,17 @@ def average_kept_epochs(run_dir: str | Path, first: int | None = None, last: int
                                     "(notebook 04's KEEP_EPOCHS, quality.py's --keep-epochs).")
         offset = max(files, default=0)
         files.update({offset + epoch: path for epoch, path in kept.items()})
-    folder = " and ".join(str(folder / "epochs") for folder in folders)
+    where = " and ".join(str(folder / "epochs") for folder in folders)
     last = max(files) if last is None else last
     first = last // 2 + 1 if first is None else first
     held = (f"({'they hold' if continued_by else 'it holds'} {min(files)} to {max(files)}); "
             "choose the first and last epochs among them.")
     if first > last:
-        raise ValueError(f"{folder}: the first epoch averaged, {first}, comes after the last, {last} {held}")
+        raise ValueError(f"{where}: the first epoch averaged, {first}, comes after the last, {last} {held}")
     epochs = list(range(first, last + 1))
     missing = [epoch for epoch in epochs if epoch not in files]
     if missing:
-        raise ValueError(f"{folder}: no weights for epochs {missing} {held}")
+        raise ValueError(f"{where}: no weights for epochs {missing} {held}")
     model = average_weights(keras.models.load_model(Path(run_dir) / "best.keras", compile=False),
                             [files[epoch] for epoch in epochs])
     with tempfile.TemporaryDirectory() as scratch:

@@ -7,6 +7,7 @@ is scored on the real one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +32,14 @@ def run_script(name: str, *arguments: str, cwd: Path, **variables: str) -> subpr
     environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **variables}
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *arguments], cwd=cwd,
                           env=environment, capture_output=True, text=True, timeout=600)
+
+
+def load_script(name: str):
+    """A script under ``benchmarks/`` as a module, to call its ``main`` in this process."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, REPO / "benchmarks" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +243,8 @@ def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
     assert (rows.loc[16, "lowest_patient_dice"] <= rows.loc[16, "mean_patient_dice"]).all()
 
 
-def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbours_back(tmp_path):
+def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbours_back(tmp_path, monkeypatch,
+                                                                                       capsys):
     run = tmp_path / "quality" / "run"
     (run / "epochs").mkdir(parents=True)
     keras.utils.set_random_seed(5)
@@ -263,19 +273,27 @@ def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbou
     chosen = keras.models.load_model(tmp_path / "middle" / "model.keras")
     np.testing.assert_allclose(chosen.get_weights()[0], start[0] + 3, rtol=1e-6)
 
-    beyond = run_script("weight_average.py", "quality", "--out", "x", "--last", "6", cwd=tmp_path)
-    assert beyond.returncode != 0 and "no weights for epochs [5, 6] (it holds 1 to 4)" in beyond.stderr
+    # The refusals, run in this process to spare an interpreter start each.
+    weight_average = load_script("weight_average.py")
+    monkeypatch.chdir(tmp_path)
+
+    def refusal(*arguments: str) -> SystemExit:
+        monkeypatch.setattr(sys, "argv", ["weight_average.py", *arguments, "--out", "x"])
+        with pytest.raises(SystemExit) as exited:
+            weight_average.main()
+        return exited.value
+
+    assert "no weights for epochs [5, 6] (it holds 1 to 4)" in str(refusal("quality", "--last", "6").code)
     (tmp_path / "bare" / "run").mkdir(parents=True)
     (run / "history.csv").replace(tmp_path / "bare" / "run" / "history.csv")
-    unkept = run_script("weight_average.py", "bare", "--out", "x", cwd=tmp_path)
-    assert unkept.returncode != 0 and "train the run with benchmarks/quality.py --keep-epochs" in unkept.stderr
+    assert "train the run with benchmarks/quality.py --keep-epochs" in str(refusal("bare").code)
     # The data options mean nothing without the batch-norm pass: refused, not silently ignored.
-    ignored = run_script("weight_average.py", "quality", "--out", "x", "--data-dir", "somewhere", cwd=tmp_path)
-    assert ignored.returncode == 2 and "read only with --recompute-batch-norm" in ignored.stderr
+    assert refusal("quality", "--data-dir", "somewhere").code == 2
+    assert "read only with --recompute-batch-norm" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
-def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path):
+def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path, monkeypatch):
     keras.utils.set_random_seed(8)
     model = build_resunet((32, 32, 3), base_filters=4, depth=2)
     start = model.get_weights()
@@ -307,28 +325,29 @@ def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path):
     averaged = keras.models.load_model(tmp_path / "both" / "model.keras")
     for got, want in zip(averaged.get_weights(), start, strict=True):
         np.testing.assert_allclose(got, want + 3.5, rtol=1e-6, atol=1e-6)
-    alone = run_script("weight_average.py", "first", "--out", "alone", cwd=tmp_path)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    assert "--continued-by" not in json.loads((tmp_path / "alone" / "weight_average.json").read_text())["command"]
+    # The refusals, run in this process to spare an interpreter start each.
+    weight_average = load_script("weight_average.py")
+    monkeypatch.chdir(tmp_path)
 
-    beyond = run_script("weight_average.py", "first", "--continued-by", "then", "--last", "7", "--out", "x",
-                        cwd=tmp_path)
-    assert beyond.returncode != 0 and "no weights for epochs [6, 7] (they hold 1 to 5)" in beyond.stderr
-    # A run on other patients did not go on from this one: refused.
+    def refusal(*arguments: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["weight_average.py", *arguments, "--out", "x"])
+        with pytest.raises(SystemExit) as exited:
+            weight_average.main()
+        return str(exited.value.code)
+
+    assert "no weights for epochs [6, 7] (they hold 1 to 5)" in refusal("first", "--continued-by", "then", "--last", "7")
+    # A run on other patients did not go on from this one.
     split.assign(split=["val", "train"]).to_csv(tmp_path / "then" / "split.csv", index=False)
-    other = run_script("weight_average.py", "first", "--continued-by", "then", "--out", "x", cwd=tmp_path)
-    assert other.returncode != 0 and "then/split.csv: not the split of first/split.csv" in other.stderr
+    assert "then/split.csv: not the split of first/split.csv" in refusal("first", "--continued-by", "then")
     split.to_csv(tmp_path / "then" / "split.csv", index=False)
     # Nor did a run that started from another epoch (here the first run's best, not its last).
     (tmp_path / "then" / "run" / "settings.json").write_text(json.dumps({"init_model": "first/run/best.keras"}))
-    elsewhere = run_script("weight_average.py", "first", "--continued-by", "then", "--out", "x", cwd=tmp_path)
-    assert elsewhere.returncode != 0
-    assert "its --init-model, first/run/best.keras, is not epoch 2 of first" in elsewhere.stderr
+    assert ("its --init-model, first/run/best.keras, is not epoch 2 of first"
+            in refusal("first", "--continued-by", "then"))
     # A history that does not match the kept epochs would put the wrong score beside each epoch.
     pd.DataFrame({"loss": [0.5], "val_patient_dice": [0.1]}).to_csv(tmp_path / "first" / "run" / "history.csv",
                                                                     index=False)
-    short = run_script("weight_average.py", "first", "--out", "x", cwd=tmp_path)
-    assert short.returncode != 0 and "1 epochs of history against 2 kept" in short.stderr
+    assert "1 epochs of history against 2 kept" in refusal("first")
     assert not (tmp_path / "x").exists()
 
 
