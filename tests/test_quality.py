@@ -34,12 +34,19 @@ def run_script(name: str, *arguments: str, cwd: Path, **variables: str) -> subpr
                           env=environment, capture_output=True, text=True, timeout=600)
 
 
-def load_script(name: str):
-    """A script under ``benchmarks/`` as a module, to call its ``main`` in this process."""
+def script_refusal(name: str, monkeypatch, *arguments: str) -> SystemExit:
+    """The ``SystemExit`` a script under ``benchmarks/`` ends with, its ``main`` run in this process.
+
+    Spares the few seconds a new interpreter takes to import TensorFlow, for
+    calls expected to be refused before any work.
+    """
     spec = importlib.util.spec_from_file_location(Path(name).stem, REPO / "benchmarks" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", [name, *arguments])
+    with pytest.raises(SystemExit) as exited:
+        script.main()
+    return exited.value
 
 
 @pytest.fixture(scope="module")
@@ -274,14 +281,10 @@ def test_weight_average_exports_the_mean_of_the_epochs_or_the_epoch_its_neighbou
     np.testing.assert_allclose(chosen.get_weights()[0], start[0] + 3, rtol=1e-6)
 
     # The refusals, run in this process to spare an interpreter start each.
-    weight_average = load_script("weight_average.py")
     monkeypatch.chdir(tmp_path)
 
     def refusal(*arguments: str) -> SystemExit:
-        monkeypatch.setattr(sys, "argv", ["weight_average.py", *arguments, "--out", "x"])
-        with pytest.raises(SystemExit) as exited:
-            weight_average.main()
-        return exited.value
+        return script_refusal("weight_average.py", monkeypatch, *arguments, "--out", "x")
 
     assert "no weights for epochs [5, 6] (it holds 1 to 4)" in str(refusal("quality", "--last", "6").code)
     (tmp_path / "bare" / "run").mkdir(parents=True)
@@ -326,14 +329,10 @@ def test_weight_average_spans_a_run_and_the_run_that_went_on_from_it(tmp_path, m
     for got, want in zip(averaged.get_weights(), start, strict=True):
         np.testing.assert_allclose(got, want + 3.5, rtol=1e-6, atol=1e-6)
     # The refusals, run in this process to spare an interpreter start each.
-    weight_average = load_script("weight_average.py")
     monkeypatch.chdir(tmp_path)
 
     def refusal(*arguments: str) -> str:
-        monkeypatch.setattr(sys, "argv", ["weight_average.py", *arguments, "--out", "x"])
-        with pytest.raises(SystemExit) as exited:
-            weight_average.main()
-        return str(exited.value.code)
+        return str(script_refusal("weight_average.py", monkeypatch, *arguments, "--out", "x").code)
 
     assert "no weights for epochs [6, 7] (they hold 1 to 5)" in refusal("first", "--continued-by", "then", "--last", "7")
     # A run on other patients did not go on from this one.
