@@ -109,11 +109,11 @@ def main() -> None:
     if args.recompute_batch_norm and not split_path.is_file():
         raise SystemExit(f"{split_path}: no split; give a folder written by benchmarks/quality.py.")
     for previous, run in zip((args.run, *args.continued_by), args.continued_by):
-        check_continues(previous, run)
         if split_path.is_file() and (run / "split.csv").is_file() and not pd.read_csv(run / "split.csv").equals(
                 pd.read_csv(split_path)):
             raise SystemExit(f"{run / 'split.csv'}: not the split of {split_path}; a continued run keeps its "
                              "patients.")
+        check_continues(previous, run)  # after the split: it loads two networks
     if args.choose == "mean-of-3":
         kept = plots.kept_epoch(history)
         if kept is None:
