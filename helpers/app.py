@@ -23,7 +23,7 @@ DISCLAIMER = (
     "**For research and teaching, not diagnosis.** The model was trained on brain MRI slices "
     "of lower-grade glioma patients in one public dataset (LGG MRI Segmentation, TCGA) and has not been "
     "validated for clinical use. It expects a brain MRI slice like those; on any other image "
-    "its answer means nothing."
+    "its answer means nothing. " + inference.CHANNELS_NOTE
 )
 NOT_INTERACTIVE = (
     "The upload widget needs a live notebook (Jupyter, Colab or VS Code). When the notebook "
@@ -84,7 +84,7 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
         share = result.tumour_pixels / result.mask.size
         summary = (f"{result.tumour_pixels:,} of {height * width:,} pixels ({share:.1%}) predicted as "
                    f"tumour at threshold {threshold:.2f}; highest probability "
-                   f"{result.max_probability:.2f}. Image {width}x{height}.")
+                   f"{result.max_probability:.2f}. Image {width}x{height}, read as {result.read_as}.")
         return result.mask * np.uint8(255), result.overlay, result.tumour_pixels, summary
 
     # No analytics: the app sends nothing anywhere that the user did not ask for.

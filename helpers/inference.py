@@ -31,11 +31,18 @@ import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from helpers import evaluation, metrics, plots
+from helpers.model import RouteFlairOnly
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "resunet_lgg.keras"
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_CACHE_SIZE = 4
+# What an input must hold; the command line, the app and notebook 06 say it.
+CHANNELS_NOTE = (
+    "A colour image must hold the pre-contrast, FLAIR and post-contrast scans of one slice as its red, green and "
+    "blue channels, as the dataset's slices do; a grey-scale image (or one whose three channels are equal) is "
+    "read as FLAIR alone. Any other sequence given alone (T1, T2, post-contrast) gives a meaningless mask."
+)
 # Region sizes are counted on a slice of the dataset's size, where they were chosen.
 REFERENCE_PIXELS = 256 * 256
 
@@ -59,6 +66,10 @@ class Segmentation:
             outlined in yellow (``helpers.plots.overlay``).
         tumour_pixels: number of pixels in ``mask``.
         max_probability: the highest pixel probability, 0-1.
+        flair_only: whether the image was read as FLAIR alone (its three
+            channels equal, as a grey-scale image's are), by the rule the
+            shipped model routes such slices with
+            (``helpers.model.RouteFlairOnly``).
     """
 
     probabilities: np.ndarray
@@ -66,6 +77,12 @@ class Segmentation:
     overlay: np.ndarray
     tumour_pixels: int
     max_probability: float
+    flair_only: bool = False
+
+    @property
+    def read_as(self) -> str:
+        """``"FLAIR alone"`` or ``"three sequences"``: how the image was read."""
+        return "FLAIR alone" if self.flair_only else "three sequences"
 
     @property
     def tumour_present(self) -> bool:
@@ -338,7 +355,22 @@ def segment(
         overlay=plots.overlay(image, prediction=mask),
         tumour_pixels=int(mask.sum()),
         max_probability=float(probabilities.max()),
+        flair_only=is_flair_only(image),
     )
+
+
+def is_flair_only(image: np.ndarray) -> bool:
+    """Whether an image holds FLAIR alone, by the rule the shipped model routes slices with.
+
+    Args:
+        image: uint8 (H, W, 3), values 0-255, FLAIR in channel 1.
+
+    Returns:
+        True when the other two channels repeat FLAIR (a grey-scale image, or
+        a patient scanned without contrast), within ``RouteFlairOnly``'s tolerance.
+    """
+    flags = RouteFlairOnly().is_flair_only(np.asarray(image, np.float32)[None])
+    return bool(keras.ops.convert_to_numpy(flags).item())
 
 
 def recommended_settings(model_path: str | os.PathLike | None = None) -> dict:

@@ -8,7 +8,9 @@ model (``helpers.inference.recommended_settings``).
 
 For each input ``NAME.ext`` it writes ``DIR/NAME_mask.png`` (0 and 255, at
 the input's height and width) and ``DIR/NAME_overlay.png``, and one row of
-``DIR/predictions.csv``. A thin wrapper over ``helpers.inference``.
+``DIR/predictions.csv``, which also records how the image was read (three
+sequences or FLAIR alone) and the settings and model that made the mask.
+A thin wrapper over ``helpers.inference``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from tqdm.auto import tqdm
 from helpers import inference, metrics
 
 TABLE_NAME = "predictions.csv"
+TABLE_COLUMNS = ["file", "tumour_pixels", "tumour_present", "max_probability", "read_as", "threshold",
+                 "min_component_pixels", "model", "dice"]
+SETTING_COLUMNS = ["threshold", "min_component_pixels", "model"]
 DISCLAIMER = (
     "For research and teaching only, not for diagnosis: the model was trained on "
     "brain MRI slices of lower-grade glioma patients in one public dataset and has not been validated "
@@ -54,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Segment brain tumours (lower-grade glioma) in MRI slices with the ResUNet. "
             "Inputs are PNG, JPEG or TIFF files, or folders searched recursively for them; "
             "files named NAME_mask.ext are ground truth, not inputs, and give a Dice column "
-            "when they sit beside NAME.ext. " + DISCLAIMER
+            "when they sit beside NAME.ext. " + inference.CHANNELS_NOTE + " " + DISCLAIMER
         ),
         epilog=(
-            "Writes DIR/NAME_mask.png (0 and 255), DIR/NAME_overlay.png and DIR/predictions.csv. "
+            "Writes DIR/NAME_mask.png (0 and 255), DIR/NAME_overlay.png and DIR/predictions.csv "
+            "(one row per image: its path, tumour pixels, how it was read, the threshold, smallest region "
+            "and model used, and Dice when ground truth is beside it). "
             "Exit status: 0 all images segmented (or kept), 1 some failed, 2 usage error."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -94,7 +101,7 @@ def _dice_with_truth(image_path: Path, mask: np.ndarray) -> float:
 
 def predict_files(
     images: list[Path], out: Path, model, threshold: float = 0.5, min_component_pixels: int = 0,
-    overwrite: bool = False,
+    overwrite: bool = False, model_path: str | Path = "", earlier: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[Path], list[tuple[Path, str]]]:
     """Segment files one by one, writing a mask and an overlay for each.
 
@@ -106,6 +113,9 @@ def predict_files(
         min_component_pixels: smallest predicted region kept.
         overwrite: replace existing outputs; otherwise an input whose
             outputs exist is skipped.
+        model_path: the model's file, recorded in each row.
+        earlier: the table an earlier run wrote in ``out``, if any; a kept
+            output made with other settings or another model is named.
 
     Returns:
         (one table row per segmented image, inputs skipped because their
@@ -113,6 +123,8 @@ def predict_files(
     """
     rows, kept, failed = [], [], []
     used_names: dict[str, Path] = {}
+    now = {"threshold": threshold, "min_component_pixels": min_component_pixels, "model": str(model_path)}
+    made_with = _settings_by_file(earlier)
     for path in tqdm(images, desc="Segmenting", unit="image"):
         # Only the base name reaches the output folder, so no input can write elsewhere.
         name = Path(path.name).stem
@@ -126,7 +138,14 @@ def predict_files(
         mask_file, overlay_file = out / f"{name}_mask.png", out / f"{name}_overlay.png"
         if not overwrite and (mask_file.exists() or overlay_file.exists()):
             kept.append(path)
-            _report(f"kept: {path}: {mask_file.name} already exists (pass --overwrite to replace it)")
+            before = made_with.get(str(Path(path).resolve()))
+            changed = {k: v for k, v in (before or {}).items() if not pd.isna(v) and not _same(v, now[k])}
+            if changed:
+                _report(f"kept: {path}: {mask_file.name} was made with "
+                        + ", ".join(f"{k} {v} (now {now[k]})" for k, v in changed.items())
+                        + "; pass --overwrite to segment it again")
+            else:
+                _report(f"kept: {path}: {mask_file.name} already exists (pass --overwrite to replace it)")
             continue
         try:
             image = inference.load_image(path)
@@ -141,28 +160,59 @@ def predict_files(
             _report(f"error: {reason}")
             continue
         rows.append({
-            "file": str(path),
+            "file": str(Path(path).resolve()),  # one row per file, however it was named on the command line
             "tumour_pixels": result.tumour_pixels,
             "tumour_present": result.tumour_present,
             "max_probability": round(result.max_probability, 6),
+            "read_as": result.read_as,
+            **now,
             "dice": dice,
         })
-    table = pd.DataFrame(rows, columns=["file", "tumour_pixels", "tumour_present", "max_probability", "dice"])
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table, kept, failed
 
 
-def _merge_table(table: pd.DataFrame, table_path: Path) -> pd.DataFrame:
+def _same(recorded, current) -> bool:
+    """Whether a setting read back from the table equals the current one (numbers compared as numbers)."""
+    try:
+        return float(recorded) == float(current)
+    except (TypeError, ValueError):
+        return str(recorded) == str(current)
+
+
+def _settings_by_file(earlier: pd.DataFrame | None) -> dict[str, dict]:
+    """The settings each file's row of an earlier table records, by file (older tables record none)."""
+    if earlier is None or not set(SETTING_COLUMNS) <= set(earlier.columns):
+        return {}
+    return {row["file"]: {k: row[k] for k in SETTING_COLUMNS} for _, row in earlier.iterrows()}
+
+
+def read_earlier_table(table_path: Path) -> pd.DataFrame | None:
+    """The table an earlier run of this command wrote, or None when there is none.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read or was not
+            written by this command; it is left as it is.
+    """
+    if not table_path.is_file():
+        return None
+    remedy = "move it, or choose another --out, so that it is not replaced"
+    try:
+        earlier = pd.read_csv(table_path)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise ValueError(f"{table_path} could not be read ({error}); {remedy}.") from None
+    if not {"file", "tumour_pixels"} <= set(earlier.columns):
+        raise ValueError(f"{table_path} was not written by this command (it has no file and tumour_pixels "
+                         f"columns); {remedy}.")
+    return earlier
+
+
+def _merge_table(table: pd.DataFrame, earlier: pd.DataFrame | None) -> pd.DataFrame:
     """Add the rows of an earlier run for files not segmented again in this one."""
-    if table_path.is_file():
-        try:
-            earlier = pd.read_csv(table_path)
-        except (OSError, ValueError, pd.errors.ParserError) as error:
-            _report(f"warning: {table_path} could not be read ({error}); writing it anew.")
-        else:
-            if "file" in earlier:
-                earlier = earlier[~earlier["file"].isin(table["file"])]
-                table = pd.concat([earlier, table], ignore_index=True) if len(earlier) else table
-    if table["dice"].isna().all():
+    if earlier is not None:
+        earlier = earlier[~earlier["file"].isin(table["file"])]
+        table = pd.concat([earlier, table], ignore_index=True) if len(earlier) else table
+    if "dice" in table and table["dice"].isna().all():
         table = table.drop(columns="dice")
     return table
 
@@ -207,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if masks:
         print(f"Skipped {len(masks)} ground-truth file(s) named *_mask as inputs.", file=sys.stderr)
+    if not images and masks:
+        print(f"error: only files named like ground truth (NAME_mask.ext) in {', '.join(args.inputs)}: "
+              f"{', '.join(str(m) for m in masks[:3])}{' ...' if len(masks) > 3 else ''}. "
+              "To segment such an image, copy it under a name that does not end in _mask.", file=sys.stderr)
+        return 2
     if not images:
         print(f"error: no image (.png, .jpg, .jpeg, .tif, .tiff) found in {', '.join(args.inputs)}.",
               file=sys.stderr)
@@ -215,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     if clash:
         print(f"error: {clash}: its NAME_mask.png outputs would be taken for ground truth, or replace it. "
               "Choose an output folder outside the inputs.", file=sys.stderr)
+        return 2
+    table_path = args.out / TABLE_NAME
+    try:
+        earlier = read_earlier_table(table_path)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         model = inference.load_default_model(args.model)
@@ -230,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Model: {Path(args.model).resolve()} (threshold {args.threshold}, smallest region "
           f"{args.min_component_pixels} px)\nOutput: {args.out.resolve()}", file=sys.stderr)
     table, kept, failed = predict_files(
-        images, args.out, model, args.threshold, args.min_component_pixels, args.overwrite
+        images, args.out, model, args.threshold, args.min_component_pixels, args.overwrite,
+        model_path=Path(args.model).resolve(), earlier=earlier,
     )
-    table_path = args.out / TABLE_NAME
-    _merge_table(table, table_path).to_csv(table_path, index=False)
+    merged = _merge_table(table, earlier)
+    if len(merged):
+        merged.to_csv(table_path, index=False)
     print(f"Segmented {len(table)}, kept {len(kept)} existing, failed {len(failed)} of "
-          f"{len(images)} image(s). Table: {table_path}")
+          f"{len(images)} image(s)." + (f" Table: {table_path}" if len(merged) else ""))
     if failed:
         print(f"{len(failed)} image(s) failed:", file=sys.stderr)
         for _, reason in failed:

@@ -46,13 +46,13 @@ def test_upload_returns_a_mask_at_the_image_size(client, files):
     assert set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(overlay_file)).shape[:2] == (24, 40)
     assert area == int((mask.reshape(24, 40, -1)[..., 0] > 0).sum())
-    assert "pixels" in summary
+    assert "pixels" in summary and "read as three sequences" in summary
 
 
 def test_a_16_bit_tiff_is_segmented_at_its_size(client, files):
     mask_file, _, _, summary = client.predict(gradio_client.handle_file(str(files["deep"])), 0.5, api_name="/segment")
     assert np.asarray(Image.open(mask_file)).shape[:2] == (30, 20)
-    assert "20x30" in summary
+    assert "20x30" in summary and "read as FLAIR alone" in summary  # one channel: FLAIR alone
 
 
 def test_a_higher_threshold_never_grows_the_area(client, files):
@@ -93,7 +93,7 @@ def test_disclaimer_is_on_the_page(files):
 
     demo = web_app.build_app(files["model"])
     texts = [block.value for block in demo.blocks.values() if isinstance(block, gradio.Markdown)]
-    assert any("not diagnosis" in text for text in texts)
+    assert any("not diagnosis" in text and "read as FLAIR alone" in text for text in texts)
 
 
 def test_threshold_and_smallest_region_given_override_the_recorded_ones(files):

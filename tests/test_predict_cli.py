@@ -52,7 +52,11 @@ def test_folder_with_good_bad_and_mask_files(tmp_path, slices, tiny_model_path, 
     assert not (out / "case_1_mask_mask.png").exists()
     assert not (out / "empty_mask.png").exists()
     table = pd.read_csv(out / "predictions.csv")
-    assert list(table.columns) == ["file", "tumour_pixels", "tumour_present", "max_probability", "dice"]
+    assert list(table.columns) == predict.TABLE_COLUMNS
+    # case_2.TIF is grey-scale, so it is read as FLAIR alone; case_1.png's channels differ.
+    read_as = table.set_index(table["file"].str.rsplit("/", n=1).str[-1])["read_as"]
+    assert read_as.to_dict() == {"case_1.png": "three sequences", "case_2.TIF": "FLAIR alone"}
+    assert (table["threshold"] == 0.5).all() and (table["model"] == str(tiny_model_path.resolve())).all()
     assert sorted(table["file"].map(lambda f: f.rsplit("/", 1)[-1])) == ["case_1.png", "case_2.TIF"]
     row = table.set_index(table["file"].str.rsplit("/", n=1).str[-1]).loc["case_1.png"]
     predicted = int((mask > 0).sum())
@@ -104,6 +108,7 @@ def test_help_says_not_for_diagnosis_and_shows_defaults(capsys):
     assert status == 0
     assert "research and teaching only, not for diagnosis" in text
     assert "(default: None)" in text and "else 0.5" in text
+    assert "grey-scale image (or one whose three channels are equal) is read as FLAIR alone" in text
 
 
 def test_a_file_that_is_not_a_model_is_named(tmp_path, slices, capsys):
@@ -139,3 +144,43 @@ def test_outputs_never_land_among_the_inputs(tmp_path, slices, tiny_model_path, 
     assert "--out" in err and "ground truth" in err
     np.testing.assert_array_equal(np.asarray(Image.open(slices / "case_1_mask.png")), truth)
     assert not (slices / "case_1_overlay.png").exists() and not (slices / "predictions").exists()
+
+
+def test_a_table_this_command_did_not_write_is_left_alone(tmp_path, slices, tiny_model_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = "patient,grade,notes\nA,2,keep me\n"
+    (out / "predictions.csv").write_text(theirs)
+    status, _, err = run(capsys, slices / "case_1.png", "--model", tiny_model_path, "--out", out, "--overwrite")
+    assert status == 2
+    assert f"{out / 'predictions.csv'} was not written by this command" in err and "--out" in err
+    assert (out / "predictions.csv").read_text() == theirs
+    assert not (out / "case_1_mask.png").exists()
+
+
+def test_one_row_per_file_and_kept_outputs_made_otherwise_are_named(tmp_path, slices, tiny_model_path,
+                                                                    capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert run(capsys, slices / "case_1.png", "--model", tiny_model_path, "--out", out)[0] == 0
+    monkeypatch.chdir(slices)  # the same file, named another way
+    status, _, err = run(capsys, "case_1.png", "--model", tiny_model_path, "--out", out, "--threshold", "0.3")
+    assert status == 0
+    assert "case_1_mask.png was made with threshold 0.5 (now 0.3)" in err and "--overwrite" in err
+    assert len(pd.read_csv(out / "predictions.csv")) == 1
+    assert run(capsys, "case_1.png", "--model", tiny_model_path, "--out", out, "--threshold", "0.3",
+               "--overwrite")[0] == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 1 and table.loc[0, "threshold"] == 0.3
+
+
+def test_only_ground_truth_files_are_named_with_what_to_do(tmp_path, slices, capsys):
+    status, _, err = run(capsys, slices / "case_1_mask.png", "--out", tmp_path / "out")
+    assert status == 2
+    assert "named like ground truth" in err and "case_1_mask.png" in err and "does not end in _mask" in err
+
+
+def test_no_table_when_every_image_failed(tmp_path, slices, tiny_model_path, capsys):
+    out = tmp_path / "out"
+    status, _, err = run(capsys, slices / "notes.jpg", "--model", tiny_model_path, "--out", out)
+    assert status == 1 and "notes.jpg" in err
+    assert not (out / "predictions.csv").exists()
