@@ -12,6 +12,8 @@ EXTRA ?=
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
 DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
+# TensorFlow's start-up lines on a machine without a GPU, and Jupyter's notice about a local kernel: harmless.
+NOISE := ^(I0000|W0000|E0000)|All log messages before absl::InitializeLog|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|TCP without encryption|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered
 
 .PHONY: install run demo test lint bench quality compare app clean-venv
 
@@ -27,22 +29,23 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
 install: $(VENV)/.installed  ## create .venv and install the project
 
 run: install  ## run notebooks 01-05 with papermill into runs/<time>/
+	@$(BIN)/python helpers/parameters.py $(NOTEBOOKS:%=notebooks/%.ipynb) -- -p SLIDER False $(DATA_PARAMETER) $(EXTRA)
 	@mkdir -p $(RUN_DIR)
 	@set -e -o pipefail; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  status=0; \
 	  $(BIN)/papermill --log-output notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb \
 	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) $$([ $$nb = 05_evaluation ] && echo -p SLIDER False) $(DATA_PARAMETER) $(EXTRA) \
-	    | { grep -v -E '^(I0000|W0000|E0000)' || true; } || status=$$?; \
+	    2>&1 | { grep -v -E '$(NOISE)' || true; } || status=$$?; \
 	  test $$status -eq 0 && test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
 	    || { echo "$$nb failed (papermill exit status $$status): see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \
 	done
 	@echo "Executed notebooks: $(RUN_DIR)/"
 	@echo "Metrics:            $(abspath $(ARTIFACTS_DIR))/metrics.json"
-	@cat $(ARTIFACTS_DIR)/metrics.json | head -12
+	@$(BIN)/python -c "import json, sys; m = json.load(open(sys.argv[1])); print('Test patients: %d; mean per-patient Dice %.3f (median %.3f, lowest %.3f), IoU %.3f; post-processing chosen on validation: %s' % (m['patients'], m['dice_per_patient_mean'], m['dice_per_patient_median'], m['dice_per_patient_min'], m['iou_per_patient_mean'], m['chosen_on_validation']))" $(ARTIFACTS_DIR)/metrics.json
 
 demo: install  ## notebooks 01-05 on synthetic data, in a few minutes
-	$(MAKE) run ARTIFACTS_DIR=artifacts/demo RUN_DIR=runs/demo \
+	$(MAKE) run ARTIFACTS_DIR=artifacts/demo RUN_DIR=runs/demo-$(shell date +%Y%m%d-%H%M%S) \
 	  EXTRA="-p SYNTHETIC True -p INPUT_SIZE 64 -p BASE_FILTERS 16 -p EPOCHS 8 -p TIME_BUDGET_MINUTES 0 $(EXTRA)"
 
 test: install  ## unit tests and every notebook run by papermill

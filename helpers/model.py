@@ -308,7 +308,8 @@ def build_resunet(
     if height % 2**depth or width % 2**depth:
         raise ValueError(
             f"Input size {height}x{width} must be divisible by 2**depth = {2**depth}: choose an input size "
-            f"that is a multiple of {2**depth} (128 or 256, say) or a smaller depth."
+            f"that is a multiple of {2**depth} ({max(height // 2**depth, 1) * 2**depth} or "
+            f"{(height // 2**depth + 1) * 2**depth}, say) or a smaller depth."
         )
     inputs = keras.Input(shape=input_shape, name="image")
     x = SliceStandardization(foreground_channel=1, name="standardize")(inputs) if standardize else inputs

@@ -767,6 +767,30 @@ def load_split(artifacts_dir) -> pd.DataFrame:
     return split
 
 
+def split_fingerprint(split: pd.DataFrame) -> str:
+    """A short name for a split, which changes when any patient changes side.
+
+    Notebook 04 records it with a training run, so that a run is never kept
+    or resumed on another split (its validation or test patients could then
+    be patients it trained on), and notebook 05 checks it before scoring.
+
+    Args:
+        split: one row per patient, with ``patient`` and ``split`` columns.
+
+    Returns:
+        For example ``"48 train, 10 val, 10 test patients (3f2a9c1d)"``:
+        the counts, and the first 8 hex digits of a SHA-1 of the sorted
+        (split, patient) pairs.
+    """
+    import hashlib
+
+    pairs = sorted(zip(split["split"].astype(str), split["patient"].astype(str)))
+    digest = hashlib.sha1("\n".join(f"{side},{patient}" for side, patient in pairs).encode()).hexdigest()[:8]
+    counts = split.groupby("split")["patient"].nunique()
+    sides = ", ".join(f"{counts.get(side, 0)} {side}" for side in ("train", "val", "test"))
+    return f"{sides} patients ({digest})"
+
+
 def measure_throughput(dataset: tf.data.Dataset, batches: int = 50, warmup: int = 2) -> dict:
     """Slices per second a pipeline delivers, after ``warmup`` batches.
 

@@ -8,6 +8,8 @@ notebook series runs end to end in minutes without network access.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +45,31 @@ def make_synthetic_dataset(
         semicolon_csv: write ``data.csv`` with semicolons (the duplicate copy
             always uses semicolons, as on Kaggle).
 
+    A ``synthetic.json`` in ``root`` records the arguments: called again
+    with the same ones, the dataset already there is kept as it is (its
+    files' times too, which the slice cache is keyed on); with other ones,
+    the copies it wrote are removed and written anew, so no patient of the
+    old dataset lingers.
+
     Returns:
         The ``root`` path.
     """
     root = Path(root)
-    rng = np.random.default_rng(seed)
+    record = root / "synthetic.json"
+    arguments = {"n_patients": n_patients, "slices_per_patient": slices_per_patient, "size": size, "seed": seed,
+                 "duplicate_copy": duplicate_copy, "semicolon_csv": semicolon_csv}
     copies = [root / "kaggle_3m"]
     if duplicate_copy:
         copies.append(root / "lgg-mri-segmentation" / "kaggle_3m")
+    if record.is_file():
+        if json.loads(record.read_text()) == arguments and all(
+                len(list(copy.glob("*/*_mask.tif"))) == n_patients * slices_per_patient for copy in copies):
+            print(f"Kept the synthetic dataset at {root} (written earlier with the same parameters)")
+            return root
+        record.unlink()  # a half-removed dataset is never taken as complete
+        for folder in (root / "kaggle_3m", root / "lgg-mri-segmentation"):
+            shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
     clinical = []
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     for index in range(n_patients):
@@ -83,4 +102,6 @@ def make_synthetic_dataset(
     table.to_csv(copies[0] / "data.csv", index=False, sep=";" if semicolon_csv else ",")
     if duplicate_copy:
         table.to_csv(copies[1] / "data.csv", index=False, sep=";")
+    record.write_text(json.dumps(arguments, indent=2) + "\n")
+    print(f"Wrote a synthetic dataset of {n_patients} patients x {slices_per_patient} slices at {root}")
     return root

@@ -60,12 +60,42 @@ def choose_profile(**overrides) -> dict:
 
     Returns:
         The profile dict, with ``device`` naming what was found.
+
+    Raises:
+        ValueError: for a value out of range, naming the notebook parameter
+            that sets it (``EPOCHS`` for ``epochs``...), before anything is
+            written or moved.
     """
     gpus = count_gpus()
     profile = dict(GPU_PROFILE if gpus else CPU_PROFILE)
     profile.update({k: v for k, v in overrides.items() if v is not None})
     profile["device"] = f"{gpus} GPU(s)" if gpus else "CPU"
+    check_profile(profile)
     return profile
+
+
+def check_profile(profile: dict) -> None:
+    """Refuse a profile value out of range, naming the notebook parameter (the key in capitals).
+
+    Raises:
+        ValueError: e.g. ``EPOCHS = -3: give a whole number of at least 1.``
+    """
+    whole = {"input_size": 16, "base_filters": 1, "batch_size": 1, "epochs": 1}
+    for key, smallest in whole.items():
+        value = profile.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
+            raise ValueError(f"{key.upper()} = {value!r}: give a whole number of at least {smallest}.")
+    if profile["input_size"] % 16:
+        below = profile["input_size"] // 16 * 16
+        raise ValueError(f"INPUT_SIZE = {profile['input_size']}: the ResUNet halves it four times, so give a "
+                         f"multiple of 16 ({below} or {below + 16}, say).")
+    budget = profile.get("time_budget_minutes")
+    if budget is not None and not (isinstance(budget, (int, float)) and budget >= 0):
+        raise ValueError(f"TIME_BUDGET_MINUTES = {budget!r}: give minutes (0 or None: no budget).")
+    oversample = profile.get("oversample_tumour")
+    if not (isinstance(oversample, (int, float)) and oversample >= 0):
+        raise ValueError(f"OVERSAMPLE_TUMOUR = {oversample!r}: give a share of at least 0 (0.5: half as many "
+                         "tumour slices again per epoch).")
 
 
 def count_gpus() -> int:
@@ -838,6 +868,8 @@ def _with_dtype_policy(config, dtype: str):
 
 # Settings that may differ between a run and its resumption: where it runs and how long.
 RESUMABLE_CHANGES = ("name", "device", "epochs", "time_budget_minutes", "mixed_precision", "patience")
+# Settings that runs recorded only from some day on: a run without them is not refused for lacking them.
+LATER_SETTINGS = ("split",)
 
 
 def changed_settings(previous: dict, settings: dict) -> str:
@@ -852,8 +884,33 @@ def changed_settings(previous: dict, settings: dict) -> str:
         commas; empty when none differs.
     """
     keys = (set(previous) | set(settings)) - set(RESUMABLE_CHANGES)
+    keys -= {key for key in LATER_SETTINGS if key not in previous}
     changed = sorted(key for key in keys if previous.get(key) != settings.get(key))
     return ", ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
+
+
+def check_run_split(run_dir: str | Path, fingerprint: str) -> None:
+    """Refuse to score a run's model on a split other than the one it was trained on.
+
+    Args:
+        run_dir: the run folder (``ARTIFACTS_DIR/training``).
+        fingerprint: this split's ``helpers.preprocessing.split_fingerprint``.
+
+    Raises:
+        ValueError: naming ``settings.json``, when the run recorded another
+            split: some of today's validation or test patients may be
+            patients it trained on. A run that recorded none passes.
+    """
+    settings_path = Path(run_dir) / "settings.json"
+    if not settings_path.is_file():
+        return
+    recorded = json.loads(settings_path.read_text()).get("split")
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(
+            f"{settings_path}: the model was trained on another split ({recorded}; split.csv now: {fingerprint}), "
+            "so some validation or test patients here may be patients it trained on. Run notebook 04 again with "
+            "RESUME = False to train on this split, or run notebook 02 with the parameters that made the old one."
+        )
 
 
 def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,

@@ -178,6 +178,21 @@ def test_clinical_columns_joined_for_both_csv_dialects(tmp_path, semicolon):
         assert row.death01 == index % 2
 
 
+def test_synthetic_dataset_is_kept_when_asked_again_and_replaced_whole_when_changed(tmp_path):
+    root = make_synthetic_dataset(tmp_path, n_patients=3, slices_per_patient=2, size=16)
+    before = {path: path.stat().st_mtime_ns for path in (root / "kaggle_3m").rglob("*.tif")}
+    make_synthetic_dataset(tmp_path, n_patients=3, slices_per_patient=2, size=16)
+    assert {path: path.stat().st_mtime_ns for path in (root / "kaggle_3m").rglob("*.tif")} == before
+    # Fewer patients: the third one's folder is gone, not left beside the new dataset.
+    make_synthetic_dataset(tmp_path, n_patients=2, slices_per_patient=2, size=16)
+    assert len(list((root / "kaggle_3m").glob("TCGA_*"))) == 2
+    assert len(build_manifest(root / "kaggle_3m", show_progress=False)) == 4
+    # A slice lost since: the dataset is written again rather than kept incomplete.
+    next((root / "kaggle_3m").rglob("*_1_mask.tif")).unlink()
+    make_synthetic_dataset(tmp_path, n_patients=2, slices_per_patient=2, size=16)
+    assert len(list((root / "kaggle_3m").rglob("*_mask.tif"))) == 4
+
+
 def test_manifest_marks_missing_mask(tmp_path):
     make_synthetic_dataset(tmp_path, n_patients=1, slices_per_patient=3, size=16)
     case_dir = next((tmp_path / "kaggle_3m").glob("TCGA_*"))

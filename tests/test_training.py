@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,8 @@ from helpers.preprocessing import make_dataset
 from helpers.training import (
     average_kept_epochs,
     average_weights,
+    check_run_split,
+    choose_profile,
     command_line,
     compile_model,
     load_initial_weights,
@@ -564,6 +567,45 @@ def test_batch_norm_statistics_become_the_mean_over_the_batches_and_nothing_else
     plain = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(1, 1)])
     with pytest.raises(ValueError, match="no BatchNormalization layer"):
         recompute_batch_norm(plain, images)
+
+
+def test_a_run_on_another_split_is_refused_for_training_and_for_scoring(tmp_path):
+    from helpers.preprocessing import split_fingerprint
+
+    split = pd.DataFrame({"patient": ["A", "B", "C", "D"], "split": ["train", "train", "val", "test"]})
+    moved = split.assign(split=["train", "val", "train", "test"])  # B and C swap sides
+    fingerprint = split_fingerprint(split)
+    assert fingerprint.startswith("2 train, 1 val, 1 test patients (")
+    assert split_fingerprint(split.iloc[::-1]) == fingerprint  # the order of the rows does not matter
+    assert split_fingerprint(moved) != fingerprint
+    run_dir = tmp_path / "training"
+    settings = {"input_size": 128, "split": fingerprint}
+    assert prepare_run(run_dir, settings) == "new"
+    (run_dir / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    (run_dir / "training_time.json").write_text('{"seconds": 1.0}')
+    with pytest.raises(ValueError, match=r"split: '2 train.*there, '2 train.*now"):
+        prepare_run(run_dir, {**settings, "split": split_fingerprint(moved)})
+    check_run_split(run_dir, fingerprint)  # the split it trained on: no complaint
+    with pytest.raises(ValueError, match=r"settings\.json: the model was trained on another split.*RESUME = False"):
+        check_run_split(run_dir, split_fingerprint(moved))
+    # A run recorded before runs recorded their split is neither refused nor checked.
+    (run_dir / "settings.json").write_text(json.dumps({"input_size": 128}))
+    assert prepare_run(run_dir, settings) == "finished"
+    check_run_split(run_dir, split_fingerprint(moved))
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"epochs": -3}, "EPOCHS = -3: give a whole number of at least 1"),
+    ({"batch_size": 0}, "BATCH_SIZE = 0"),
+    ({"input_size": 100}, "INPUT_SIZE = 100: the ResUNet halves it four times, so give a multiple of 16 (96 or 112"),
+    ({"time_budget_minutes": -1}, "TIME_BUDGET_MINUTES = -1"),
+    ({"oversample_tumour": -0.5}, "OVERSAMPLE_TUMOUR = -0.5"),
+    ({"epochs": 2.5}, "EPOCHS = 2.5"),
+], ids=["negative-epochs", "zero-batch", "input-100", "negative-budget", "negative-oversampling", "fractional-epochs"])
+def test_a_profile_value_out_of_range_is_refused_naming_the_parameter(overrides, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        choose_profile(**overrides)
+    assert choose_profile(epochs=1, input_size=96, time_budget_minutes=0)["epochs"] == 1
 
 
 def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
