@@ -12,8 +12,9 @@ EXTRA ?=
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
 DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
-# TensorFlow's start-up lines on a machine without a GPU, and Jupyter's notice about a local kernel: harmless.
-NOISE := ^(I0000|W0000|E0000)|All log messages before absl::InitializeLog|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|TCP without encryption|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered
+# TensorFlow's start-up lines on a machine without a GPU, Jupyter's notice about a local kernel, and
+# papermill's warning for each parameter a notebook does not take (the names were checked first): harmless.
+NOISE := ^(I0000|W0000|E0000)|Passed unknown parameter|All log messages before absl::InitializeLog|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|TCP without encryption|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered
 
 .PHONY: install run demo test lint bench quality compare app clean-venv
 

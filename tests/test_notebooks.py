@@ -154,6 +154,11 @@ def test_series_saves_a_model_that_loads_and_predicts(series):
     assert np.all((output >= 0) & (output <= 1))
     history = pd.read_csv(series / "training" / "history.csv")
     assert len(history) == 4 and history["loss"].iloc[-1] < history["loss"].iloc[0]
+    # The run records the split it trained on, which notebook 05 checked before scoring.
+    from helpers.preprocessing import split_fingerprint
+
+    recorded = json.loads((series / "training" / "settings.json").read_text())["split"]
+    assert recorded == split_fingerprint(pd.read_csv(series / "split.csv"))
 
 
 def test_series_writes_metrics_in_range(series):
