@@ -87,7 +87,16 @@ def unknown_names(notebooks: list[str | Path], options: list[str]) -> tuple[list
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0 when every name is defined, 2 (with the names) when not."""
+    """Run the check.
+
+    Args:
+        argv: ``NOTEBOOK... -- PAPERMILL_OPTIONS...``; ``None`` for ``sys.argv[1:]``.
+
+    Returns:
+        0 when every name given is a parameter of some notebook, 2 (naming
+        the others and listing the parameters) when not, or when an option
+        cannot be read.
+    """
     argv = sys.argv[1:] if argv is None else argv
     notebooks, options = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="python -m helpers.parameters",

@@ -190,6 +190,12 @@ def _settings_by_file(earlier: pd.DataFrame | None) -> dict[str, dict]:
 def read_earlier_table(table_path: Path) -> pd.DataFrame | None:
     """The table an earlier run of this command wrote, or None when there is none.
 
+    Args:
+        table_path: ``DIR/predictions.csv``.
+
+    Returns:
+        Its rows, or None when the file does not exist.
+
     Raises:
         ValueError: naming the file, when it cannot be read or was not
             written by this command; it is left as it is.

@@ -77,6 +77,9 @@ def choose_profile(**overrides) -> dict:
 def check_profile(profile: dict) -> None:
     """Refuse a profile value out of range, naming the notebook parameter (the key in capitals).
 
+    Args:
+        profile: a training profile (``choose_profile``'s keys).
+
     Raises:
         ValueError: e.g. ``EPOCHS = -3: give a whole number of at least 1.``
     """
