@@ -90,8 +90,8 @@ def check_profile(profile: dict) -> None:
             raise ValueError(f"{key.upper()} = {value!r}: give a whole number of at least {smallest}.")
     if profile["input_size"] % 16:
         below = profile["input_size"] // 16 * 16
-        raise ValueError(f"INPUT_SIZE = {profile['input_size']}: the ResUNet halves it four times, so give a "
-                         f"multiple of 16 ({below} or {below + 16}, say).")
+        raise ValueError(f"INPUT_SIZE = {profile['input_size']}: the ResUNet the notebooks train (depth 4) halves it "
+                         f"four times, so give a multiple of 16 ({below} or {below + 16}, say).")
     budget = profile.get("time_budget_minutes")
     if budget is not None and not (isinstance(budget, (int, float)) and budget >= 0):
         raise ValueError(f"TIME_BUDGET_MINUTES = {budget!r}: give minutes (0 or None: no budget).")

@@ -597,7 +597,7 @@ def test_a_run_on_another_split_is_refused_for_training_and_for_scoring(tmp_path
 @pytest.mark.parametrize(("overrides", "says"), [
     ({"epochs": -3}, "EPOCHS = -3: give a whole number of at least 1"),
     ({"batch_size": 0}, "BATCH_SIZE = 0"),
-    ({"input_size": 100}, "INPUT_SIZE = 100: the ResUNet halves it four times, so give a multiple of 16 (96 or 112"),
+    ({"input_size": 100}, "INPUT_SIZE = 100: the ResUNet the notebooks train (depth 4) halves it four times, so give a multiple of 16 (96 or 112"),
     ({"time_budget_minutes": -1}, "TIME_BUDGET_MINUTES = -1"),
     ({"oversample_tumour": -0.5}, "OVERSAMPLE_TUMOUR = -0.5"),
     ({"epochs": 2.5}, "EPOCHS = 2.5"),
