@@ -306,10 +306,11 @@ def build_resunet(
     """
     height, width = input_shape[:2]
     if height % 2**depth or width % 2**depth:
+        odd = height if height % 2**depth else width
         raise ValueError(
             f"Input size {height}x{width} must be divisible by 2**depth = {2**depth}: choose an input size "
-            f"that is a multiple of {2**depth} ({max(height // 2**depth, 1) * 2**depth} or "
-            f"{(height // 2**depth + 1) * 2**depth}, say) or a smaller depth."
+            f"that is a multiple of {2**depth} ({max(odd // 2**depth, 1) * 2**depth} or "
+            f"{(odd // 2**depth + 1) * 2**depth}, say) or a smaller depth."
         )
     inputs = keras.Input(shape=input_shape, name="image")
     x = SliceStandardization(foreground_channel=1, name="standardize")(inputs) if standardize else inputs

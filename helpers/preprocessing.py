@@ -10,6 +10,7 @@ the same thing; an all-black slice stays finite (zeros).
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -782,8 +783,6 @@ def split_fingerprint(split: pd.DataFrame) -> str:
         the counts, and the first 8 hex digits of a SHA-1 of the sorted
         (split, patient) pairs.
     """
-    import hashlib
-
     pairs = sorted(zip(split["split"].astype(str), split["patient"].astype(str)))
     digest = hashlib.sha1("\n".join(f"{side},{patient}" for side, patient in pairs).encode()).hexdigest()[:8]
     counts = split.groupby("split")["patient"].nunique()

@@ -52,10 +52,12 @@ CPU_PROFILE = {
 }
 
 
-def choose_profile(**overrides) -> dict:
+def choose_profile(depth: int = 4, **overrides) -> dict:
     """The GPU profile when a GPU is visible, else the CPU one; ``None`` overrides are ignored.
 
     Args:
+        depth: the downsamplings of the ResUNet to be built (4 in notebook
+            04), which the input size must allow; not part of the profile.
         **overrides: profile keys to replace (``input_size=256``...).
 
     Returns:
@@ -70,35 +72,43 @@ def choose_profile(**overrides) -> dict:
     profile = dict(GPU_PROFILE if gpus else CPU_PROFILE)
     profile.update({k: v for k, v in overrides.items() if v is not None})
     profile["device"] = f"{gpus} GPU(s)" if gpus else "CPU"
-    check_profile(profile)
+    check_profile(profile, depth)
     return profile
 
 
-def check_profile(profile: dict) -> None:
-    """Refuse a profile value out of range, naming the notebook parameter (the key in capitals).
+def check_profile(profile: dict, depth: int = 4) -> None:
+    """Refuse profile values out of range, naming each notebook parameter (the key in capitals).
 
     Args:
         profile: a training profile (``choose_profile``'s keys).
+        depth: the ResUNet's downsamplings; the input size must be a
+            multiple of ``2 ** depth``.
 
     Raises:
-        ValueError: e.g. ``EPOCHS = -3: give a whole number of at least 1.``
+        ValueError: listing every value out of range, e.g. ``EPOCHS = -3:
+            give a whole number of at least 1.``
     """
-    whole = {"input_size": 16, "base_filters": 1, "batch_size": 1, "epochs": 1}
-    for key, smallest in whole.items():
+    def number(value) -> bool:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+    problems = []
+    for key, smallest in {"input_size": 2**depth, "base_filters": 1, "batch_size": 1, "epochs": 1}.items():
         value = profile.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < smallest:
-            raise ValueError(f"{key.upper()} = {value!r}: give a whole number of at least {smallest}.")
-    if profile["input_size"] % 16:
-        below = profile["input_size"] // 16 * 16
-        raise ValueError(f"INPUT_SIZE = {profile['input_size']}: the ResUNet the notebooks train (depth 4) halves it "
-                         f"four times, so give a multiple of 16 ({below} or {below + 16}, say).")
+        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= smallest):
+            problems.append(f"{key.upper()} = {value!r}: give a whole number of at least {smallest}.")
+        elif key == "input_size" and value % 2**depth:
+            below = value // 2**depth * 2**depth
+            problems.append(f"INPUT_SIZE = {value}: the ResUNet (depth {depth}) halves it {depth} times, so give "
+                            f"a multiple of {2**depth} ({below} or {below + 2**depth}, say).")
     budget = profile.get("time_budget_minutes")
-    if budget is not None and not (isinstance(budget, (int, float)) and budget >= 0):
-        raise ValueError(f"TIME_BUDGET_MINUTES = {budget!r}: give minutes (0 or None: no budget).")
+    if budget is not None and not (number(budget) and budget >= 0):
+        problems.append(f"TIME_BUDGET_MINUTES = {budget!r}: give minutes (0 or None: no budget).")
     oversample = profile.get("oversample_tumour")
-    if not (isinstance(oversample, (int, float)) and oversample >= 0):
-        raise ValueError(f"OVERSAMPLE_TUMOUR = {oversample!r}: give a share of at least 0 (0.5: half as many "
-                         "tumour slices again per epoch).")
+    if not (number(oversample) and oversample >= 0):
+        problems.append(f"OVERSAMPLE_TUMOUR = {oversample!r}: give a share of at least 0 (0.5: half as many "
+                        "tumour slices again per epoch).")
+    if problems:
+        raise ValueError(" ".join(problems))
 
 
 def count_gpus() -> int:
@@ -892,19 +902,26 @@ def changed_settings(previous: dict, settings: dict) -> str:
     return ", ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now" for key in changed)
 
 
-def check_run_split(run_dir: str | Path, fingerprint: str) -> None:
+def check_run_split(run_dir: str | Path, fingerprint: str, model_path: str | Path | None = None) -> None:
     """Refuse to score a run's model on a split other than the one it was trained on.
 
     Args:
         run_dir: the run folder (``ARTIFACTS_DIR/training``).
         fingerprint: this split's ``helpers.preprocessing.split_fingerprint``.
+        model_path: the model about to be scored (``ARTIFACTS_DIR/model.keras``),
+            which must be this run's export: ``publish_model`` writes it
+            after the run's ``best.keras``, so an older file comes from an
+            earlier run (moved aside by ``RESUME = False``), perhaps on
+            another split.
 
     Raises:
         ValueError: naming ``settings.json``, when the run recorded another
-            split: some of today's validation or test patients may be
-            patients it trained on. A run that recorded none passes.
+            split (some of today's validation or test patients may be
+            patients it trained on), or naming the model, when it is not the
+            run's. A run that recorded no split passes the first check.
     """
-    settings_path = Path(run_dir) / "settings.json"
+    run_dir = Path(run_dir)
+    settings_path = run_dir / "settings.json"
     if not settings_path.is_file():
         return
     recorded = json.loads(settings_path.read_text()).get("split")
@@ -913,6 +930,15 @@ def check_run_split(run_dir: str | Path, fingerprint: str) -> None:
             f"{settings_path}: the model was trained on another split ({recorded}; split.csv now: {fingerprint}), "
             "so some validation or test patients here may be patients it trained on. Run notebook 04 again with "
             "RESUME = False to train on this split, or run notebook 02 with the parameters that made the old one."
+        )
+    checkpoint = run_dir / "best.keras"
+    if model_path is not None and Path(model_path).is_file() and (
+            not checkpoint.is_file() or Path(model_path).stat().st_mtime_ns < checkpoint.stat().st_mtime_ns):
+        raise ValueError(
+            f"{model_path} is not the model of the run in {run_dir} (which has "
+            f"{'a newer best.keras' if checkpoint.is_file() else 'no best.keras yet'}): it comes from an earlier "
+            "run, perhaps on another split. Run notebook 04 to the end to export this run's model, or give "
+            "MODEL_PATH to score another model on purpose."
         )
 
 
@@ -963,8 +989,9 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
         run_dir.rename(kept)
         print(f"Moved the previous run to {kept}")
         started = False
+    previous = json.loads(settings_path.read_text()) if started and settings_path.is_file() else {}
     if started and settings_path.is_file():
-        listed = changed_settings(json.loads(settings_path.read_text()), settings)
+        listed = changed_settings(previous, settings)
         if listed:
             raise ValueError(
                 f"{run_dir} holds a run trained with other settings ({listed}; see {settings_path}). {what_to_do}"
@@ -973,6 +1000,15 @@ def prepare_run(run_dir: str | Path, settings: dict, resume: bool = True,
         warnings.warn(f"{run_dir} holds a run without {settings_path.name} (written before runs recorded their "
                       "settings): they cannot be compared, so it is taken as trained with today's. If it was not: "
                       f"{what_to_do}", stacklevel=2)
+    unrecorded = [key for key in LATER_SETTINGS if started and key in settings and key not in previous]
+    if unrecorded:
+        # Not recorded as if the run had started on today's values: it may not have (another split, say).
+        settings = {key: value for key, value in settings.items() if key not in unrecorded}
+        if settings_path.is_file():
+            warnings.warn(f"{settings_path} records no {', '.join(unrecorded)} (the run began before runs recorded "
+                          "it), so it cannot be checked: if notebook 02 has drawn another split since, the run's "
+                          f"validation or test patients may include patients it trained on. {what_to_do}",
+                          stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = "new" if not started else ("finished" if (run_dir / "training_time.json").is_file() else "resume")
     # A finished run is not trained again, so its record keeps the settings it was trained with

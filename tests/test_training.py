@@ -588,24 +588,50 @@ def test_a_run_on_another_split_is_refused_for_training_and_for_scoring(tmp_path
     check_run_split(run_dir, fingerprint)  # the split it trained on: no complaint
     with pytest.raises(ValueError, match=r"settings\.json: the model was trained on another split.*RESUME = False"):
         check_run_split(run_dir, split_fingerprint(moved))
-    # A run recorded before runs recorded their split is neither refused nor checked.
+    # The model scored must be the run's export, written after its best.keras; an older one is an earlier run's.
+    model_path = tmp_path / "model.keras"
+    model_path.write_text("an earlier run's model")
+    with pytest.raises(ValueError, match=r"model\.keras is not the model of the run.*no best\.keras yet.*MODEL_PATH"):
+        check_run_split(run_dir, fingerprint, model_path)
+    (run_dir / "best.keras").write_text("this run's checkpoint")
+    os.utime(model_path, ns=(1, 1))
+    with pytest.raises(ValueError, match=r"a newer best\.keras"):
+        check_run_split(run_dir, fingerprint, model_path)
+    model_path.write_text("this run's export")  # written after the checkpoint, as publish_model does
+    check_run_split(run_dir, fingerprint, model_path)
+    # A run recorded before runs recorded their split is neither refused nor checked, and is not recorded as
+    # having today's split when it resumes: it may have begun on another.
     (run_dir / "settings.json").write_text(json.dumps({"input_size": 128}))
     assert prepare_run(run_dir, settings) == "finished"
     check_run_split(run_dir, split_fingerprint(moved))
+    (run_dir / "training_time.json").unlink()
+    with pytest.warns(UserWarning, match=r"records no split.*RESUME = False"):
+        assert prepare_run(run_dir, settings) == "resume"
+    assert "split" not in json.loads((run_dir / "settings.json").read_text())
 
 
 @pytest.mark.parametrize(("overrides", "says"), [
     ({"epochs": -3}, "EPOCHS = -3: give a whole number of at least 1"),
     ({"batch_size": 0}, "BATCH_SIZE = 0"),
-    ({"input_size": 100}, "INPUT_SIZE = 100: the ResUNet the notebooks train (depth 4) halves it four times, so give a multiple of 16 (96 or 112"),
+    ({"input_size": 100}, "INPUT_SIZE = 100: the ResUNet (depth 4) halves it 4 times, so give a multiple of 16 (96 or 112"),
     ({"time_budget_minutes": -1}, "TIME_BUDGET_MINUTES = -1"),
     ({"oversample_tumour": -0.5}, "OVERSAMPLE_TUMOUR = -0.5"),
     ({"epochs": 2.5}, "EPOCHS = 2.5"),
-], ids=["negative-epochs", "zero-batch", "input-100", "negative-budget", "negative-oversampling", "fractional-epochs"])
+    ({"oversample_tumour": True}, "OVERSAMPLE_TUMOUR = True"),
+], ids=["negative-epochs", "zero-batch", "input-100", "negative-budget", "negative-oversampling", "fractional-epochs",
+        "boolean-share"])
 def test_a_profile_value_out_of_range_is_refused_naming_the_parameter(overrides, says):
     with pytest.raises(ValueError, match=re.escape(says)):
         choose_profile(**overrides)
     assert choose_profile(epochs=1, input_size=96, time_budget_minutes=0)["epochs"] == 1
+
+
+def test_every_bad_profile_value_is_named_at_once_and_the_depth_sets_the_multiple():
+    with pytest.raises(ValueError, match=r"BATCH_SIZE = -1.*EPOCHS = 0"):
+        choose_profile(epochs=0, batch_size=-1)
+    assert choose_profile(input_size=24, depth=3)["input_size"] == 24  # notebook 03 builds depth 3 at 24
+    with pytest.raises(ValueError, match=r"depth 3.*multiple of 8 \(16 or 24"):
+        choose_profile(input_size=20, depth=3)
 
 
 def test_prepare_run_starts_resumes_keeps_and_refuses_other_settings(tmp_path):
