@@ -12,9 +12,10 @@ EXTRA ?=
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
 DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
-# TensorFlow's start-up lines on a machine without a GPU, Jupyter's notice about a local kernel, and
-# papermill's warning for each parameter a notebook does not take (the names were checked first): harmless.
-NOISE := ^(I0000|W0000|E0000)|Passed unknown parameter|All log messages before absl::InitializeLog|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|TCP without encryption|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered
+# TensorFlow's start-up lines on a machine without a GPU (its other errors stay), Jupyter's notice about a
+# local kernel, and papermill's warning for each parameter a notebook does not take (the names were checked
+# first): harmless.
+NOISE := ^(I0000|W0000)|^E0000.*(failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered)|Passed unknown parameter|All log messages before absl::InitializeLog|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on|TCP without encryption|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered
 
 .PHONY: install run demo test lint bench quality compare app clean-venv
 
@@ -30,14 +31,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
 install: $(VENV)/.installed  ## create .venv and install the project
 
 run: install  ## run notebooks 01-05 with papermill into runs/<time>/
-	@$(BIN)/python helpers/parameters.py $(NOTEBOOKS:%=notebooks/%.ipynb) -- -p SLIDER False $(DATA_PARAMETER) $(EXTRA)
+	@$(BIN)/python -P helpers/parameters.py $(NOTEBOOKS:%=notebooks/%.ipynb) -- -p SLIDER False $(DATA_PARAMETER) $(EXTRA)
 	@mkdir -p $(RUN_DIR)
 	@set -e -o pipefail; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  status=0; \
 	  $(BIN)/papermill --log-output notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb \
 	    -p ARTIFACTS_DIR $(abspath $(ARTIFACTS_DIR)) -p SEED $(SEED) $$([ $$nb = 05_evaluation ] && echo -p SLIDER False) $(DATA_PARAMETER) $(EXTRA) \
-	    2>&1 | { grep -v -E '$(NOISE)' || true; } || status=$$?; \
+	    2>&1 | { grep --line-buffered -v -E '$(NOISE)' || true; } || status=$$?; \
 	  test $$status -eq 0 && test -f $(RUN_DIR)/$$nb.ipynb && ! grep -q '"ename"' $(RUN_DIR)/$$nb.ipynb \
 	    || { echo "$$nb failed (papermill exit status $$status): see $(RUN_DIR)/$$nb.ipynb"; exit 1; }; \
 	done

@@ -3,9 +3,11 @@
 papermill passes any name it is given and only warns when a notebook's
 ``parameters`` cell does not define it, and ``make run`` passes every
 parameter to every notebook, so a misspelt ``-p EPOCSH 2`` would train for
-the profile's full budget. ``make run`` calls this first:
+the profile's full budget. ``make run`` calls this first, as a script (so
+that the check does not wait for Keras to load), with ``-P`` so that the
+modules beside it cannot shadow a library's:
 
-    python -m helpers.parameters NOTEBOOK... -- PAPERMILL_OPTIONS...
+    python -P helpers/parameters.py NOTEBOOK... -- PAPERMILL_OPTIONS...
 
 It exits with status 2, naming each unknown parameter and the names the
 notebooks define, when some name is defined by none of them.
@@ -40,14 +42,18 @@ def given_names(options: list[str]) -> list[str]:
     Raises:
         ValueError: naming the option, when its value is missing or not a
             mapping.
+        OSError: when a ``-f`` file cannot be read.
     """
+    # --option=value is one word on the command line; papermill reads it as two.
+    options = [part for option in options
+               for part in (option.split("=", 1) if option.startswith("--") and "=" in option else [option])]
     names, index = [], 0
     while index < len(options):
         option = options[index]
         if option in NAME_VALUE_OPTIONS:
             if index + 2 >= len(options):
                 raise ValueError(f"{option} needs a parameter name and a value.")
-            names.append(options[index + 1])
+            names.append(str(options[index + 1]))
             index += 3
             continue
         mapping = None
@@ -62,7 +68,7 @@ def given_names(options: list[str]) -> list[str]:
             mapping = yaml.safe_load(value)
             if not isinstance(mapping, dict):
                 raise ValueError(f"{option} {options[index + 1]!r}: give a mapping, such as 'CHANNELS: [1]'.")
-            names.extend(mapping)
+            names.extend(str(name) for name in mapping)
             index += 2
             continue
         index += 1

@@ -16,6 +16,7 @@ A thin wrapper over ``helpers.inference``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from tqdm.auto import tqdm
 from helpers import inference, metrics
 
 TABLE_NAME = "predictions.csv"
-TABLE_COLUMNS = ["file", "tumour_pixels", "tumour_present", "max_probability", "read_as", "threshold",
-                 "min_component_pixels", "model", "dice"]
-SETTING_COLUMNS = ["threshold", "min_component_pixels", "model"]
+TABLE_COLUMNS = ["file", "mask", "tumour_pixels", "tumour_present", "max_probability", "read_as", "threshold",
+                 "min_component_pixels", "model", "model_sha256", "dice"]
+# What made a mask: a kept mask made otherwise is named. The model's file is replaced in place when a new
+# one is shipped, so its content is recorded too.
+SETTING_COLUMNS = ["threshold", "min_component_pixels", "model", "model_sha256"]
 DISCLAIMER = (
     "For research and teaching only, not for diagnosis: the model was trained on "
     "brain MRI slices of lower-grade glioma patients in one public dataset and has not been validated "
@@ -123,8 +126,9 @@ def predict_files(
     """
     rows, kept, failed = [], [], []
     used_names: dict[str, Path] = {}
-    now = {"threshold": threshold, "min_component_pixels": min_component_pixels, "model": str(model_path)}
-    made_with = _settings_by_file(earlier)
+    now = {"threshold": threshold, "min_component_pixels": min_component_pixels, "model": str(model_path),
+           "model_sha256": file_digest(model_path)}
+    made_with = _rows_by_mask(earlier)
     for path in tqdm(images, desc="Segmenting", unit="image"):
         # Only the base name reaches the output folder, so no input can write elsewhere.
         name = Path(path.name).stem
@@ -138,14 +142,7 @@ def predict_files(
         mask_file, overlay_file = out / f"{name}_mask.png", out / f"{name}_overlay.png"
         if not overwrite and (mask_file.exists() or overlay_file.exists()):
             kept.append(path)
-            before = made_with.get(str(Path(path).resolve()))
-            changed = {k: v for k, v in (before or {}).items() if not pd.isna(v) and not _same(v, now[k])}
-            if changed:
-                _report(f"kept: {path}: {mask_file.name} was made with "
-                        + ", ".join(f"{k} {v} (now {now[k]})" for k, v in changed.items())
-                        + "; pass --overwrite to segment it again")
-            else:
-                _report(f"kept: {path}: {mask_file.name} already exists (pass --overwrite to replace it)")
+            _report(_kept_message(path, mask_file.name, made_with.get(mask_file.name, {}), now))
             continue
         try:
             image = inference.load_image(path)
@@ -160,7 +157,8 @@ def predict_files(
             _report(f"error: {reason}")
             continue
         rows.append({
-            "file": str(Path(path).resolve()),  # one row per file, however it was named on the command line
+            "file": str(Path(path).resolve()),  # the same file however it was named on the command line
+            "mask": mask_file.name,  # one row per mask: outputs are named by the input's base name
             "tumour_pixels": result.tumour_pixels,
             "tumour_present": result.tumour_present,
             "max_probability": round(result.max_probability, 6),
@@ -172,19 +170,50 @@ def predict_files(
     return table, kept, failed
 
 
-def _same(recorded, current) -> bool:
+def _same(key: str, recorded, current) -> bool:
     """Whether a setting read back from the table equals the current one (numbers compared as numbers)."""
-    try:
+    if key in ("threshold", "min_component_pixels"):
         return float(recorded) == float(current)
-    except (TypeError, ValueError):
-        return str(recorded) == str(current)
+    return str(recorded) == str(current)
 
 
-def _settings_by_file(earlier: pd.DataFrame | None) -> dict[str, dict]:
-    """The settings each file's row of an earlier table records, by file (older tables record none)."""
-    if earlier is None or not set(SETTING_COLUMNS) <= set(earlier.columns):
+def file_digest(path: str | Path) -> str:
+    """The first 12 hex digits of a file's SHA-256 ("" when there is no such file)."""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _mask_names(table: pd.DataFrame) -> pd.Series:
+    """Each row's mask file; tables written before the ``mask`` column get it from the input's base name."""
+    derived = table["file"].map(lambda file: f"{Path(str(file)).stem}_mask.png")
+    return table["mask"].fillna(derived) if "mask" in table else derived
+
+
+def _rows_by_mask(earlier: pd.DataFrame | None) -> dict[str, dict]:
+    """The rows of an earlier table by the mask each describes."""
+    if earlier is None or earlier.empty:
         return {}
-    return {row["file"]: {k: row[k] for k in SETTING_COLUMNS} for _, row in earlier.iterrows()}
+    return {mask: row.to_dict() for mask, (_, row) in zip(_mask_names(earlier), earlier.iterrows())}
+
+
+def _kept_message(path: Path, mask_name: str, before: dict, now: dict) -> str:
+    """What to say of an input whose mask is kept: made otherwise (another file, settings or model), or not."""
+    made_otherwise = []
+    if "model" in before and not pd.isna(before.get("file")) and before["file"] != str(Path(path).resolve()):
+        made_otherwise.append(f"from {before['file']}")
+    changed = [f"{key} {before[key]} (now {now[key]})" for key in SETTING_COLUMNS
+               if key in before and not pd.isna(before[key]) and not _same(key, before[key], now[key])]
+    if changed:
+        made_otherwise.append("with " + ", ".join(changed))
+    if made_otherwise:
+        return f"kept: {path}: {mask_name} was made {' '.join(made_otherwise)}; pass --overwrite to segment it again"
+    return f"kept: {path}: {mask_name} already exists (pass --overwrite to replace it)"
 
 
 def read_earlier_table(table_path: Path) -> pd.DataFrame | None:
@@ -204,7 +233,7 @@ def read_earlier_table(table_path: Path) -> pd.DataFrame | None:
         return None
     remedy = "move it, or choose another --out, so that it is not replaced"
     try:
-        earlier = pd.read_csv(table_path)
+        earlier = pd.read_csv(table_path, dtype={"file": str, "mask": str, "model": str, "model_sha256": str})
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise ValueError(f"{table_path} could not be read ({error}); {remedy}.") from None
     if not {"file", "tumour_pixels"} <= set(earlier.columns):
@@ -214,10 +243,12 @@ def read_earlier_table(table_path: Path) -> pd.DataFrame | None:
 
 
 def _merge_table(table: pd.DataFrame, earlier: pd.DataFrame | None) -> pd.DataFrame:
-    """Add the rows of an earlier run for files not segmented again in this one."""
-    if earlier is not None:
-        earlier = earlier[~earlier["file"].isin(table["file"])]
+    """Add the rows of an earlier run for masks not made again in this one, in ``TABLE_COLUMNS`` order."""
+    if earlier is not None and len(earlier):
+        earlier = earlier.assign(mask=_mask_names(earlier))
+        earlier = earlier[~earlier["mask"].isin(table["mask"])]
         table = pd.concat([earlier, table], ignore_index=True) if len(earlier) else table
+    table = table[[c for c in TABLE_COLUMNS if c in table] + [c for c in table if c not in TABLE_COLUMNS]]
     if "dice" in table and table["dice"].isna().all():
         table = table.drop(columns="dice")
     return table

@@ -24,6 +24,7 @@ def test_names_are_read_from_every_kind_of_papermill_option(tmp_path):
     options = ["-p", "EPOCHS", "5", "--log-output", "-r", "SEED", "3", "-y", "CHANNELS: [1]", "-f", str(file),
                "-b", "QkFUQ0hfU0laRTogOA=="]  # base64 of "BATCH_SIZE: 8"
     assert parameters.given_names(options) == ["EPOCHS", "SEED", "CHANNELS", "RESUME", "BATCH_SIZE"]
+    assert parameters.given_names(["--parameters_yaml=EPOCSH: 2", "-y", "1: a"]) == ["EPOCSH", "1"]
     with pytest.raises(ValueError, match="-p needs a parameter name and a value"):
         parameters.given_names(["-p", "EPOCHS"])
     with pytest.raises(ValueError, match="give a mapping"):
@@ -51,6 +52,7 @@ def fake_venv(tmp_path):
     papermill.write_text(
         "#!/bin/sh\n"
         "echo 'E0000 00:00:1 cuda_executor.cc: failed call to cuInit' >&2\n"
+        "echo 'E0000 00:00:2 cuda_dnn.cc: Loaded runtime CuDNN library but source was compiled with another' >&2\n"
         "echo 'I0000 00:00:1 cpu_feature_guard.cc: This TensorFlow binary is optimized' >&2\n"
         "echo \"notebook ran: $2\" >&2\n"
         "cp \"$2\" \"$3\"\n"
@@ -81,10 +83,12 @@ def test_make_run_checks_names_filters_noise_and_stops_on_a_failure(fake_venv, t
     good = make_run(fake_venv, tmp_path, "-p EPOCHS 2")
     assert good.returncode == 0, good.stdout + good.stderr
     assert "notebook ran: notebooks/05_evaluation.ipynb" in good.stdout  # papermill's log reaches stdout
-    assert "E0000" not in good.stdout + good.stderr and "I0000" not in good.stdout + good.stderr
+    assert "cuInit" not in good.stdout + good.stderr and "I0000" not in good.stdout + good.stderr
+    assert "Loaded runtime CuDNN library" in good.stdout  # a real error is not filtered
     assert "Test patients: 2; mean per-patient Dice 0.900 (median 0.910, lowest 0.850)" in good.stdout
 
     failed = make_run(fake_venv, tmp_path, "-p EPOCHS 2", status=1)
     assert failed.returncode != 0
     assert "01_data_download failed (papermill exit status 1)" in failed.stdout
+    assert "notebook ran: notebooks/01_data_download.ipynb" in failed.stdout  # the failing notebook's log shows
     assert "02_preprocessing" not in failed.stdout

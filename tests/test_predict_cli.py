@@ -184,3 +184,32 @@ def test_no_table_when_every_image_failed(tmp_path, slices, tiny_model_path, cap
     status, _, err = run(capsys, slices / "notes.jpg", "--model", tiny_model_path, "--out", out)
     assert status == 1 and "notes.jpg" in err
     assert not (out / "predictions.csv").exists()
+
+
+def test_rows_are_one_per_mask_and_a_kept_mask_made_from_another_file_is_named(tmp_path, slices, tiny_model_path,
+                                                                              capsys):
+    out = tmp_path / "out"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "case_1.png").write_bytes((slices / "case_1.png").read_bytes())  # the same base name, elsewhere
+    assert run(capsys, slices / "case_1.png", "--model", tiny_model_path, "--out", out)[0] == 0
+    status, _, err = run(capsys, other / "case_1.png", "--model", tiny_model_path, "--out", out)
+    assert status == 0 and f"case_1_mask.png was made from {(slices / 'case_1.png').resolve()}" in err
+    assert run(capsys, other / "case_1.png", "--model", tiny_model_path, "--out", out, "--overwrite")[0] == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 1 and table.loc[0, "file"] == str((other / "case_1.png").resolve())
+    assert table.loc[0, "model_sha256"] == predict.file_digest(tiny_model_path) and len(table.loc[0, "model_sha256"]) == 12
+
+
+def test_a_table_written_before_the_mask_column_is_merged_by_mask(tmp_path, slices, tiny_model_path, capsys,
+                                                                  monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    # The columns of the day before: paths as typed, no mask, settings or model.
+    (out / "predictions.csv").write_text("file,tumour_pixels,tumour_present,max_probability,dice\n"
+                                         "slices/case_1.png,5,True,0.9,0.5\nslices/gone.png,0,False,0.1,\n")
+    assert run(capsys, "slices/case_1.png", "--model", tiny_model_path, "--out", out)[0] == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["mask"]) == ["case_1_mask.png", "gone_mask.png"]  # the old case_1 row replaced, not doubled
+    assert list(table.columns[:3]) == ["file", "mask", "tumour_pixels"] and table.columns[-1] == "dice"
