@@ -254,6 +254,21 @@ def test_notebook_06_alone_runs_to_the_end_and_says_how_to_give_images(tmp_path)
     assert not (tmp_path / "empty" / "predictions").exists()
 
 
+def test_notebook_06_segments_a_folder_given_in_image_paths(tmp_path):
+    # A folder, as -p passes one path: every image under it is segmented, its ground truth set aside.
+    from PIL import Image
+
+    folder = tmp_path / "my_slices"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "slice_a.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "slice_a_mask.png")
+    artifacts = tmp_path / "empty"
+    execute("06_inference_app.ipynb", tmp_path, {"ARTIFACTS_DIR": str(artifacts), "IMAGE_PATHS": str(folder)})
+    table = pd.read_csv(artifacts / "predictions" / "predictions.csv")
+    assert list(table["mask"]) == ["slice_a_mask.png"] and "dice" in table  # its ground truth was found, not segmented
+
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not os.environ.get("LGG_DATA_DIR"), reason="LGG_DATA_DIR is not set: no real data to read")
 def test_notebooks_01_and_02_on_the_real_data(tmp_path):
