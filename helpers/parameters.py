@@ -56,7 +56,6 @@ def given_names(options: list[str]) -> list[str]:
             names.append(str(options[index + 1]))
             index += 3
             continue
-        mapping = None
         if option in YAML_OPTIONS + ("-b", "--parameters_base64", "-f", "--parameters_file"):
             if index + 1 >= len(options):
                 raise ValueError(f"{option} needs a value.")
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     notebooks, options = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="python -m helpers.parameters",
+    parser = argparse.ArgumentParser(prog="python -P helpers/parameters.py",
                                      description="Refuse papermill parameters that no notebook defines.")
     parser.add_argument("notebooks", nargs="+", type=Path)
     args = parser.parse_args(notebooks)

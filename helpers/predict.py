@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Writes DIR/NAME_mask.png (0 and 255), DIR/NAME_overlay.png and DIR/predictions.csv "
-            "(one row per image: its path, tumour pixels, how it was read, the threshold, smallest region "
+            "(one row per mask: the input's path, tumour pixels, how it was read, the threshold, smallest region "
             "and model used, and Dice when ground truth is beside it). "
             "Exit status: 0 all images segmented (or kept), 1 some failed, 2 usage error."
         ),

@@ -34,6 +34,12 @@ def make_synthetic_dataset(
     ``<case>_<n>_mask.tif`` beside each slice, and ``root/kaggle_3m/data.csv``.
     Roughly the middle half of each patient's slices hold a tumour.
 
+    A ``synthetic.json`` in ``root`` records the arguments: called again
+    with the same ones, the dataset already there is kept as it is (its
+    files' times too, which the slice cache is keyed on); with other ones,
+    the copies it wrote are removed and written anew, so no patient of the
+    old dataset lingers.
+
     Args:
         root: folder to write into (created if missing).
         n_patients: number of patient folders.
@@ -44,12 +50,6 @@ def make_synthetic_dataset(
             ``lgg-mri-segmentation/kaggle_3m/`` copy that the real download has.
         semicolon_csv: write ``data.csv`` with semicolons (the duplicate copy
             always uses semicolons, as on Kaggle).
-
-    A ``synthetic.json`` in ``root`` records the arguments: called again
-    with the same ones, the dataset already there is kept as it is (its
-    files' times too, which the slice cache is keyed on); with other ones,
-    the copies it wrote are removed and written anew, so no patient of the
-    old dataset lingers.
 
     Returns:
         The ``root`` path.
