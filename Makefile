@@ -9,9 +9,15 @@ DATA_DIR ?=
 ARTIFACTS_DIR ?= artifacts
 SEED ?= 42
 EXTRA ?=
-RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+# Computed once (:=), so that every use names the same folder.
+ifndef RUN_DIR
+RUN_DIR := runs/$(shell date +%Y%m%d-%H%M%S)
+endif
 NOTEBOOKS := 01_data_download 02_preprocessing 03_resunet_model 04_training 05_evaluation
 DATA_PARAMETER := $(if $(DATA_DIR),-p DATA_DIR $(abspath $(DATA_DIR)),)
+# The benchmarks read DATA_DIR, else $$LGG_DATA_DIR, else ../shared/lgg where it exists, else the kagglehub download.
+BENCH_DATA := $(or $(DATA_DIR),$(LGG_DATA_DIR),$(wildcard ../shared/lgg))
+BENCH_DATA_OPTION := $(if $(BENCH_DATA),--data-dir $(BENCH_DATA),)
 # TensorFlow's start-up lines on a machine without a GPU (its other errors stay), Jupyter's notice about a
 # local kernel, and papermill's warning for each parameter a notebook does not take (the names were checked
 # first): harmless.
@@ -57,18 +63,19 @@ lint: install  ## ruff over the package, tests and notebooks; no notebook with o
 	$(BIN)/ruff check helpers tests benchmarks notebooks
 	$(BIN)/python -m pytest -q tests/test_notebooks.py -k without_outputs
 
-bench: install  ## input pipeline, manifest and inference speed, JSON under artifacts/bench
-	$(BIN)/python benchmarks/pipeline.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench
-	$(BIN)/python benchmarks/pipeline_stages.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
-	$(BIN)/python benchmarks/augment_threads.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
+bench: install  ## input pipeline, manifest, inference and training speed, JSON under artifacts/bench
+	$(BIN)/python benchmarks/pipeline.py $(BENCH_DATA_OPTION) --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/pipeline_stages.py $(BENCH_DATA_OPTION) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
+	$(BIN)/python benchmarks/augment_threads.py $(BENCH_DATA_OPTION) --out $(ARTIFACTS_DIR)/bench --cache-dir $(ARTIFACTS_DIR)/cache
 	$(BIN)/python benchmarks/inference.py --out $(ARTIFACTS_DIR)/bench
+	$(BIN)/python benchmarks/training_speed.py --out $(ARTIFACTS_DIR)/bench
 
 quality: install  ## train the CPU profile on real data and score held-out patients
-	$(BIN)/python benchmarks/quality.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/quality \
+	$(BIN)/python benchmarks/quality.py $(BENCH_DATA_OPTION) --out $(ARTIFACTS_DIR)/quality \
 	  --cache-dir $(ARTIFACTS_DIR)/cache
 
 compare: install  ## design choices at equal time (8 min each), scored on validation patients
-	$(BIN)/python benchmarks/compare.py --data-dir $(or $(DATA_DIR),$(LGG_DATA_DIR),../shared/lgg) --out $(ARTIFACTS_DIR)/compare \
+	$(BIN)/python benchmarks/compare.py $(BENCH_DATA_OPTION) --out $(ARTIFACTS_DIR)/compare \
 	  --cache-dir $(ARTIFACTS_DIR)/cache \
 	  --minutes 8 --variants residual plain no_standardize no_flair_only
 

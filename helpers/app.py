@@ -54,9 +54,11 @@ def build_app(model_path: str | os.PathLike | None = None, examples: list[str | 
 
     Raises:
         FileNotFoundError: if there is no model at ``model_path``.
+        ValueError: naming the file, if it is not a saved model or the
+            settings beside it cannot be read.
     """
-    model = inference.load_default_model(model_path)
     settings = inference.recommended_settings(model_path)
+    model = inference.load_default_model(model_path)
     if threshold is not None:
         settings["threshold"] = threshold
     if min_component_pixels is not None:
@@ -248,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    launch_app(app, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)
+    try:
+        launch_app(app, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)
+    except OSError as error:  # the port is taken, most often
+        print(f"error: the app could not start on port {args.port} ({error}). Give another with --port.",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -102,15 +103,16 @@ def load_image(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview
       palette has a transparent entry).
     * 16-bit images are stretched linearly from 0 to their own brightest
       value, which becomes 255 (so 12-bit MRI, at most 4095, keeps its grey
-      levels); a 16-bit alpha channel is divided by 257. Pillow itself
-      reduces 16-bit colour PNGs to 8 bits.
-    * Float, signed or 32-bit images are stretched linearly from their own
-      minimum and maximum to 0-255.
+      levels); a 16-bit alpha channel is divided by 257. 16-bit colour
+      PNGs are read with OpenCV, since Pillow keeps only their high byte.
+    * Float, signed or 32-bit images likewise, from 0 to their brightest
+      value; negative values are clipped to 0 (background).
     * CMYK, YCbCr and other colour spaces are converted to RGB by Pillow.
     * The EXIF orientation tag (JPEG, TIFF) is honoured: the array is
       rotated or flipped so that it looks as a photo viewer shows it, and
       its height and width are those of the rotated image.
-    * Multi-page or animated files: the first page or frame is read.
+    * Animated PNG or multi-frame files: the first frame is read; a TIFF of
+      several pages is refused, since it holds a volume, not a slice.
 
     TIFF files are read with tifffile (which reads 16-bit colour, float and
     planar TIFFs that Pillow cannot), falling back to Pillow if tifffile
@@ -128,7 +130,7 @@ def load_image(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview
     Raises:
         ImageLoadError: naming the file and what to do, if it is missing,
             empty (0 bytes), truncated, not an image, or has more than
-            ``MAX_PIXELS`` pixels.
+            ``MAX_PIXELS`` pixels once padded to a square (``segment`` pads it).
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         content = bytes(path_or_bytes)
@@ -156,14 +158,39 @@ def load_image(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview
                     f"{pillow_error} (tifffile also failed: {type(tiff_error).__name__}: {tiff_error})"
                 ) from tiff_error
     else:
-        array = _read_with_pillow(content, name)
+        array = _read_deep_colour_png(content, name)
+        if array is None:
+            array = _read_with_pillow(content, name)
     return _to_rgb_uint8(array, name)
 
 
+def _read_deep_colour_png(content: bytes, name: str) -> np.ndarray | None:
+    """A PNG of 16-bit colour (RGB, RGBA, grey with alpha) read with OpenCV; ``None`` for any other file.
+
+    Pillow keeps only the high byte of such a PNG's channels, so a 12-bit
+    export would fall to 16 grey levels; OpenCV keeps all 16 bits.
+    """
+    if not content.startswith(b"\x89PNG") or len(content) < 26 or content[24] != 16 or content[25] not in (2, 4, 6):
+        return None
+    _check_pixels(int.from_bytes(content[20:24], "big"), int.from_bytes(content[16:20], "big"), name)
+    array = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16 or array.ndim != 3:
+        return None  # damaged: Pillow says how
+    # OpenCV gives blue first (grey with alpha comes as four channels, grey repeated).
+    array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    with Image.open(io.BytesIO(content)) as image:  # an eXIf chunk may say how the image is turned
+        orientation = int(image.getexif().get(0x0112, 1))
+    return _apply_orientation(array, orientation)
+
+
 def _check_pixels(height: int, width: int, name: str) -> None:
-    if height * width > MAX_PIXELS:
+    # ``segment`` pads an image to a square before resizing it, so the square's area is what counts:
+    # a long thin image of few pixels would otherwise become a square of many.
+    side = max(height, width)
+    if side * side > MAX_PIXELS:
+        padded = f" ({side}x{side} = {side * side:,} once padded to a square)" if height != width else ""
         raise ImageLoadError(
-            f"{name}: {width}x{height} = {height * width:,} pixels, more than the limit of "
+            f"{name}: {width}x{height} = {height * width:,} pixels{padded}, more than the limit of "
             f"{MAX_PIXELS:,} (MAX_PIXELS). Downscale the image first: the model works on "
             "256x256 slices, so nothing is lost by shrinking it."
         )
@@ -230,6 +257,13 @@ class _NotGreyOrRgb(Exception):
 
 def _read_tiff(content: bytes, name: str) -> np.ndarray:
     with tifffile.TiffFile(io.BytesIO(content)) as tiff:
+        pages = len(tiff.series[0].pages) if tiff.series else 1
+        if pages > 1:
+            raise ImageLoadError(
+                f"{name}: a TIFF of {pages} pages (a volume or a stack of sequences?) where one slice is "
+                "expected. Save each slice as its own file (three sequences of one slice as the red, green "
+                "and blue channels of one page) and try again."
+            )
         page = tiff.pages[0]
         axes = page.axes
         shape = dict(zip(axes, page.shape, strict=True))
@@ -240,7 +274,12 @@ def _read_tiff(content: bytes, name: str) -> np.ndarray:
             raise _NotGreyOrRgb(f"photometric {photometric.name}")
         array = page.asarray()
         if photometric == tifffile.PHOTOMETRIC.MINISWHITE:  # 0 is white: turn it the usual way round
-            array = ~array if array.dtype == bool else np.iinfo(array.dtype).max - array
+            if array.dtype == bool:
+                array = ~array
+            elif np.issubdtype(array.dtype, np.integer):
+                array = np.iinfo(array.dtype).max - array
+            else:  # float: the brightest stored value is black
+                array = np.nanmax(array) + np.nanmin(array) - array if array.size else array
         orientation_tag = page.tags.get("Orientation")
         orientation = int(orientation_tag.value) if orientation_tag is not None else 1
     if "S" in axes and axes.index("S") < axes.index("Y"):
@@ -282,23 +321,22 @@ def _to_rgb_uint8(array: np.ndarray, name: str) -> np.ndarray:
         scaled = array.astype(np.float32) * 255.0
     elif array.dtype == np.uint8:
         scaled = array.astype(np.float32)
-    elif array.dtype == np.uint16:
-        # Stretched by the image's own brightest value, not by 65535: MRI exported at 12 bits
-        # (at most 4095) would otherwise keep 16 grey levels. Zero stays zero, as background.
-        scaled = array.astype(np.float32)
-        has_alpha = scaled.ndim == 3 and scaled.shape[2] in (2, 4)
-        colour = scaled[..., :-1] if has_alpha else scaled
+    else:
+        # 16-bit, 32-bit, signed or float values are intensities with 0 as background. Negative values
+        # (the ringing of a resampled scan, the padding of a signed export) are clipped to 0, which the
+        # model's head mask takes for background; the rest are stretched from 0 to the brightest value,
+        # not to the type's range: MRI exported at 12 bits (at most 4095) keeps its grey levels.
+        values = array.astype(np.float64)
+        values = np.where(np.isfinite(values), np.maximum(values, 0.0), 0.0)
+        has_alpha = values.ndim == 3 and values.shape[2] in (2, 4)
+        colour = values[..., :-1] if has_alpha else values
         peak = float(colour.max()) if colour.size else 0.0
         colour *= 255.0 / peak if peak > 0 else 0.0
-        if has_alpha:
-            scaled[..., -1] /= 257.0
-    else:
-        values = array.astype(np.float64)
-        finite = np.isfinite(values)
-        low = values[finite].min() if finite.any() else 0.0
-        high = values[finite].max() if finite.any() else 0.0
-        span = high - low if high > low else 1.0
-        scaled = np.where(finite, (values - low) / span * 255.0, 0.0).astype(np.float32)
+        if has_alpha:  # 16-bit alpha runs to 65535, float alpha to 1
+            alpha = values[..., -1]
+            full = 65535.0 if array.dtype == np.uint16 else max(1.0, float(alpha.max()) if alpha.size else 1.0)
+            values[..., -1] = alpha * (255.0 / full)
+        scaled = values.astype(np.float32)
     if scaled.ndim == 3 and scaled.shape[2] in (2, 4):
         colour, alpha = scaled[..., :-1], scaled[..., -1:] / 255.0
         scaled = colour * alpha
@@ -391,11 +429,22 @@ def recommended_settings(model_path: str | os.PathLike | None = None) -> dict:
     Returns:
         ``{"threshold": float, "min_component_pixels": int}``; 0.5 and 0 when
         nothing is recorded.
+
+    Raises:
+        ValueError: naming the ``.json`` file, if it is not a JSON object.
     """
-    sidecar = Path(model_path or DEFAULT_MODEL).with_suffix(".json")
+    sidecar = Path(model_path or DEFAULT_MODEL).expanduser().with_suffix(".json")
     settings = {"threshold": 0.5, "min_component_pixels": 0}
     if sidecar.exists():
-        recorded = json.loads(sidecar.read_text()).get("single_slice", {})
+        try:
+            recorded = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{sidecar}: the settings beside the model cannot be read ({error}). Restore it "
+                             "from where the model came from, or move it aside to use 0.5 and 0.") from None
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{sidecar}: the settings beside the model are not a JSON object. Restore it from "
+                             "where the model came from, or move it aside to use 0.5 and 0.")
+        recorded = recorded.get("single_slice", {})
         settings.update({k: recorded[k] for k in settings if k in recorded})
     return settings
 

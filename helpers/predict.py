@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from helpers import inference, metrics
 
 TABLE_NAME = "predictions.csv"
+INTERRUPTED = "not segmented: interrupted (Ctrl-C); run the same command again to segment it"
 TABLE_COLUMNS = ["file", "mask", "tumour_pixels", "tumour_present", "max_probability", "read_as", "threshold",
                  "min_component_pixels", "model", "model_sha256", "dice"]
 # What made a mask: a kept mask made otherwise is named. The model's file is replaced in place when a new
@@ -123,51 +124,71 @@ def predict_files(
     Returns:
         (one table row per segmented image, inputs skipped because their
         outputs exist, (input, message naming the input) of each failure).
+        Interrupted (Ctrl-C), it returns what was done; each image not
+        segmented is a failure whose message ends with ``INTERRUPTED``.
     """
     rows, kept, failed = [], [], []
     used_names: dict[str, Path] = {}
     now = {"threshold": threshold, "min_component_pixels": min_component_pixels, "model": str(model_path),
            "model_sha256": file_digest(model_path)}
     made_with = _rows_by_mask(earlier)
-    for path in tqdm(images, desc="Segmenting", unit="image"):
-        # Only the base name reaches the output folder, so no input can write elsewhere.
-        name = Path(path.name).stem
-        if name in used_names:
-            reason = (f"{path}: output name {name} is already used by {used_names[name]}; rename "
-                      "one of them or segment them into different folders")
-            failed.append((path, reason))
-            _report(f"error: {reason}")
-            continue
-        used_names[name] = path
-        mask_file, overlay_file = out / f"{name}_mask.png", out / f"{name}_overlay.png"
-        if not overwrite and (mask_file.exists() or overlay_file.exists()):
-            kept.append(path)
-            _report(_kept_message(path, mask_file.name, made_with.get(mask_file.name, {}), now))
-            continue
-        try:
-            image = inference.load_image(path)
-            result = inference.segment(model, image, threshold, min_component_pixels)
-            dice = _dice_with_truth(path, result.mask)  # before writing anything
-            Image.fromarray(result.mask * np.uint8(255)).save(mask_file)
-            Image.fromarray(result.overlay).save(overlay_file)
-        except (inference.ImageLoadError, OSError, ValueError) as error:
-            # An ImageLoadError names the file already; other errors do not.
-            reason = str(error) if isinstance(error, inference.ImageLoadError) else f"{path}: {error}"
-            failed.append((path, reason))
-            _report(f"error: {reason}")
-            continue
-        rows.append({
-            "file": str(Path(path).resolve()),  # the same file however it was named on the command line
-            "mask": mask_file.name,  # one row per mask: outputs are named by the input's base name
-            "tumour_pixels": result.tumour_pixels,
-            "tumour_present": result.tumour_present,
-            "max_probability": round(result.max_probability, 6),
-            "read_as": result.read_as,
-            **now,
-            "dice": dice,
-        })
+    try:
+        for path in tqdm(images, desc="Segmenting", unit="image"):
+            _predict_one(path, out, model, threshold, min_component_pixels, overwrite, now, made_with,
+                         used_names, rows, kept, failed)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was done is returned, so that the table records it, and the rest is named. Each
+        # image adds one entry to rows, kept or failed; the one cut short leaves no output without its row.
+        remaining = images[len(rows) + len(kept) + len(failed):]
+        if remaining:
+            name = Path(remaining[0].name).stem
+            for partial in (out / f"{name}_mask.png", out / f"{name}_overlay.png"):
+                partial.unlink(missing_ok=True)
+        failed += [(path, f"{path}: {INTERRUPTED}") for path in remaining]
+        _report(f"interrupted: {len(remaining)} image(s) not segmented")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table, kept, failed
+
+
+def _predict_one(path: Path, out: Path, model, threshold: float, min_component_pixels: int, overwrite: bool,
+                 now: dict, made_with: dict, used_names: dict, rows: list, kept: list, failed: list) -> None:
+    """``predict_files``' work for one image: its outputs written and its row, kept entry or failure added."""
+    # Only the base name reaches the output folder, so no input can write elsewhere.
+    name = Path(path.name).stem
+    if name in used_names:
+        reason = (f"{path}: output name {name} is already used by {used_names[name]}; rename "
+                  "one of them or segment them into different folders")
+        failed.append((path, reason))
+        _report(f"error: {reason}")
+        return
+    used_names[name] = path
+    mask_file, overlay_file = out / f"{name}_mask.png", out / f"{name}_overlay.png"
+    if not overwrite and (mask_file.exists() or overlay_file.exists()):
+        kept.append(path)
+        _report(_kept_message(path, mask_file.name, made_with.get(mask_file.name, {}), now))
+        return
+    try:
+        image = inference.load_image(path)
+        result = inference.segment(model, image, threshold, min_component_pixels)
+        dice = _dice_with_truth(path, result.mask)  # before writing anything
+        Image.fromarray(result.mask * np.uint8(255)).save(mask_file)
+        Image.fromarray(result.overlay).save(overlay_file)
+    except (inference.ImageLoadError, OSError, ValueError) as error:
+        # An ImageLoadError names the file already; other errors do not.
+        reason = str(error) if isinstance(error, inference.ImageLoadError) else f"{path}: {error}"
+        failed.append((path, reason))
+        _report(f"error: {reason}")
+        return
+    rows.append({
+        "file": str(Path(path).resolve()),  # the same file however it was named on the command line
+        "mask": mask_file.name,  # one row per mask: outputs are named by the input's base name
+        "tumour_pixels": result.tumour_pixels,
+        "tumour_present": result.tumour_present,
+        "max_probability": round(result.max_probability, 6),
+        "read_as": result.read_as,
+        **now,
+        "dice": dice,
+    })
 
 
 def _same(key: str, recorded, current) -> bool:
@@ -279,13 +300,20 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 when every image was segmented or kept, 1 when any failed, 2 for a
-        usage error (bad option, missing input or model, nothing to segment).
+        usage error (bad option, missing input or model, nothing to segment),
+        130 when interrupted (Ctrl-C) after writing the table of what was done.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # argparse exits; return its status so callers can test it.
         return int(stop.code or 0)
+    # "~" is the shell's to expand; a quoted path or one from Python keeps it.
+    args.model, args.out = args.model.expanduser().resolve(), args.out.expanduser()
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file, not a folder. Give a folder (it is made if missing).",
+              file=sys.stderr)
+        return 2
     try:
         images, masks = inference.find_images(args.inputs)
     except FileNotFoundError as error:
@@ -315,31 +343,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
+        settings = inference.recommended_settings(args.model)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         model = inference.load_default_model(args.model)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = inference.recommended_settings(args.model)
     if args.threshold is None:
         args.threshold = settings["threshold"]
     if args.min_component_pixels is None:
         args.min_component_pixels = settings["min_component_pixels"]
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"Model: {Path(args.model).resolve()} (threshold {args.threshold}, smallest region "
+    print(f"Model: {args.model} (threshold {args.threshold}, smallest region "
           f"{args.min_component_pixels} px)\nOutput: {args.out.resolve()}", file=sys.stderr)
     table, kept, failed = predict_files(
         images, args.out, model, args.threshold, args.min_component_pixels, args.overwrite,
-        model_path=Path(args.model).resolve(), earlier=earlier,
+        model_path=args.model, earlier=earlier,
     )
     merged = _merge_table(table, earlier)
     if len(merged):
         merged.to_csv(table_path, index=False)
     print(f"Segmented {len(table)}, kept {len(kept)} existing, failed {len(failed)} of "
           f"{len(images)} image(s)." + (f" Table: {table_path}" if len(merged) else ""))
+    interrupted = [path for path, reason in failed if reason.endswith(INTERRUPTED)]
+    failed = [(path, reason) for path, reason in failed if not reason.endswith(INTERRUPTED)]
     if failed:
         print(f"{len(failed)} image(s) failed:", file=sys.stderr)
         for _, reason in failed:
             print(f"  {reason}", file=sys.stderr)
+    if interrupted:
+        print(f"Interrupted: {len(interrupted)} image(s) not segmented, from {interrupted[0]} on; the table holds "
+              "those done. Run the same command again to segment the rest.", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

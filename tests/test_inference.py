@@ -339,3 +339,63 @@ def test_ground_truth_beside_an_image_adds_a_column_with_its_dice(tmp_path, tiny
     assert titles[3] == f"against ground truth: Dice {metrics.dice_score(truths[0], results[0].mask):.2f}"
     assert titles[7] == ""  # b has none
     assert len(inference.segmentation_figure(images, results, ["a", "b"]).axes) == 6
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A PNG of an (H, W, C) uint16 array in RGB(A) order, written by OpenCV (which stores blue first)."""
+    import cv2
+
+    order = cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, order))
+    assert ok
+    return encoded.tobytes()
+
+
+def test_16_bit_colour_png_keeps_its_low_bits():
+    # 12-bit values in a 16-bit RGB PNG: Pillow alone would keep only the high byte (at most 15).
+    pixels = np.zeros((2, 3, 3), np.uint16)
+    pixels[0, 0] = (4095, 2048, 0)
+    pixels[1, 2] = (0, 1024, 4095)
+    content = png_bytes(pixels)
+    assert content[24] == 16 and content[25] == 2  # bit depth and colour type in the header
+    loaded = load_image(content, name="deep.png")
+    np.testing.assert_array_equal(loaded[0, 0], (255, 128, 0))
+    np.testing.assert_array_equal(loaded[1, 2], (0, 64, 255))
+    # With alpha: transparent pixels become background, the colour keeps its low bits.
+    with_alpha = np.concatenate([pixels, np.full((2, 3, 1), 65535, np.uint16)], axis=2)
+    with_alpha[1, 2, 3] = 0
+    loaded = load_image(png_bytes(with_alpha), name="deep_alpha.png")
+    np.testing.assert_array_equal(loaded[0, 0], (255, 128, 0))
+    np.testing.assert_array_equal(loaded[1, 2], (0, 0, 0))
+
+
+def test_negative_values_of_float_and_signed_images_are_background():
+    # A float slice whose background rings slightly below 0, and a signed export padded with -32768:
+    # their background must stay 0, as the model's head mask expects.
+    ringing = np.zeros((4, 4), np.float32)
+    ringing[1, 1], ringing[2, 2] = 0.8, -0.1
+    loaded = load_image(tiff_bytes(ringing), name="float.tif")[..., 0]
+    assert loaded[1, 1] == 255 and loaded[0, 0] == 0 and loaded[2, 2] == 0
+    padded = np.full((4, 4), -32768, np.int16)
+    padded[1:3, 1:3] = [[0, 1000], [2000, 500]]
+    loaded = load_image(tiff_bytes(padded), name="signed.tif")[..., 0]
+    assert loaded[0, 0] == 0 and loaded[1, 1] == 0 and loaded[2, 1] == 255 and loaded[1, 2] == 128
+
+
+def test_float_tiff_stored_white_is_black_is_turned_round():
+    stored = np.array([[1.0, 0.0], [0.5, 1.0]], np.float32)  # 1.0 = black
+    loaded = load_image(tiff_bytes(stored, photometric="miniswhite"), name="white_float.tif")[..., 0]
+    assert loaded.tolist() == [[0, 255], [128, 0]]
+
+
+def test_a_tiff_of_several_pages_is_refused_naming_the_file():
+    volume = np.stack([gradient()] * 5)  # five slices of a volume
+    with pytest.raises(ImageLoadError, match="volume.tif: a TIFF of 5 pages.*its own file"):
+        load_image(tiff_bytes(volume, photometric="minisblack"), name="volume.tif")
+
+
+def test_the_pixel_limit_counts_the_square_an_image_is_padded_to(tmp_path):
+    # 20000 x 2000 = 40 million pixels, within MAX_PIXELS, but padded to a square of 400 million.
+    path = save_pillow(Image.new("1", (20000, 2000)), tmp_path / "long.png")
+    with pytest.raises(ImageLoadError, match="long.png.*20000x20000 = 400,000,000 once padded to a square"):
+        load_image(path)

@@ -43,7 +43,7 @@ SMALL = {
     "03_resunet_model.ipynb": {"INPUT_SIZE": 64, "BASE_FILTERS": 16},
     "04_training.ipynb": {"INPUT_SIZE": 64, "BASE_FILTERS": 16, "EPOCHS": 4, "BATCH_SIZE": 8,
                           "TIME_BUDGET_MINUTES": 0},
-    "05_evaluation.ipynb": {"SLIDER": False},
+    "05_evaluation.ipynb": {"SLIDER": False, "MIN_VOLUMES": 0},  # one candidate, as `-p MIN_VOLUMES 0` passes it
     "06_inference_app.ipynb": {},
 }
 
@@ -252,6 +252,14 @@ def test_notebook_06_alone_runs_to_the_end_and_says_how_to_give_images(tmp_path)
     assert "models/resunet_lgg.keras" in printed
     assert "No images to segment here" in printed and "IMAGE_PATHS" in printed
     assert not (tmp_path / "empty" / "predictions").exists()
+
+
+def test_notebook_06_stops_on_an_image_path_that_does_not_exist(tmp_path):
+    # A path the user gave is not swallowed as "no images": the run fails, naming it.
+    missing = tmp_path / "my_slices" / "absent.png"
+    with pytest.raises(pytest.fail.Exception, match=f"FileNotFoundError: No such file or folder: {missing}"):
+        execute("06_inference_app.ipynb", tmp_path, {"ARTIFACTS_DIR": str(tmp_path / "empty"),
+                                                      "IMAGE_PATHS": str(missing)})
 
 
 def test_notebook_06_segments_a_folder_given_in_image_paths(tmp_path):

@@ -213,3 +213,61 @@ def test_a_table_written_before_the_mask_column_is_merged_by_mask(tmp_path, slic
     table = pd.read_csv(out / "predictions.csv")
     assert sorted(table["mask"]) == ["case_1_mask.png", "gone_mask.png"]  # the old case_1 row replaced, not doubled
     assert list(table.columns[:3]) == ["file", "mask", "tumour_pixels"] and table.columns[-1] == "dice"
+
+
+def test_an_interrupted_batch_keeps_the_rows_of_what_it_did(tmp_path, slices, tiny_model_path, capsys, monkeypatch):
+    # Ctrl-C on the second image: the first keeps its row, the second leaves no output without one.
+    from helpers import inference
+
+    segment, calls = inference.segment, []
+
+    def interrupted_on_the_second(*arguments, **options):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return segment(*arguments, **options)
+
+    monkeypatch.setattr(inference, "segment", interrupted_on_the_second)
+    out = tmp_path / "out"
+    good = [slices / "case_1.png", slices / "patient_b" / "case_2.TIF"]
+    status, _, err = run(capsys, *good, "--model", tiny_model_path, "--out", out)
+    assert status == 130 and "Interrupted: 1 image(s) not segmented" in err and "case_2.TIF" in err
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table["mask"]) == ["case_1_mask.png"]
+    assert (out / "case_1_mask.png").exists() and not (out / "case_2_mask.png").exists()
+    # Run again, it keeps the first and segments the second: both rows are then in the table.
+    monkeypatch.setattr(inference, "segment", segment)
+    status, _, _ = run(capsys, *good, "--model", tiny_model_path, "--out", out)
+    assert status == 0
+    assert sorted(pd.read_csv(out / "predictions.csv")["mask"]) == ["case_1_mask.png", "case_2_mask.png"]
+
+
+def test_settings_that_cannot_be_read_and_an_output_file_are_named_before_any_work(tmp_path, slices,
+                                                                                   tiny_model_path, capsys):
+    import shutil
+
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model_path, model)
+    model.with_suffix(".json").write_text("{not json")
+    status, _, err = run(capsys, slices / "case_1.png", "--model", model, "--out", tmp_path / "out")
+    assert status == 2 and f"{model.with_suffix('.json')}: the settings beside the model cannot be read" in err
+    assert not (tmp_path / "out").exists()
+    taken = tmp_path / "taken.txt"
+    taken.write_text("a file, not a folder")
+    status, _, err = run(capsys, slices / "case_1.png", "--model", tiny_model_path, "--out", taken)
+    assert status == 2 and f"--out {taken} is a file, not a folder" in err
+
+
+def test_a_model_path_with_a_tilde_keeps_its_recorded_settings(tmp_path, slices, tiny_model_path, capsys,
+                                                               monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(tiny_model_path, tmp_path / "m.keras")
+    (tmp_path / "m.json").write_text(json.dumps({"single_slice": {"threshold": 0.35, "min_component_pixels": 7}}))
+    status, _, _ = run(capsys, slices / "case_1.png", "--model", "~/m.keras", "--out", tmp_path / "out")
+    assert status == 0
+    row = pd.read_csv(tmp_path / "out" / "predictions.csv").iloc[0]
+    assert row["threshold"] == 0.35 and row["min_component_pixels"] == 7
+    assert row["model"] == str((tmp_path / "m.keras").resolve()) and len(str(row["model_sha256"])) == 12
