@@ -9,6 +9,8 @@ DATA_DIR ?=
 ARTIFACTS_DIR ?= artifacts
 SEED ?= 42
 EXTRA ?=
+# pytest-xdist processes for make test; each loads TensorFlow (about 1 GB), so more than the cores gain nothing.
+TEST_WORKERS ?= 2
 # Computed once (:=), so that every use names the same folder.
 ifndef RUN_DIR
 RUN_DIR := runs/$(shell date +%Y%m%d-%H%M%S)
@@ -56,8 +58,8 @@ demo: install  ## notebooks 01-05 on synthetic data, in a few minutes
 	$(MAKE) run ARTIFACTS_DIR=artifacts/demo RUN_DIR=runs/demo-$(shell date +%Y%m%d-%H%M%S) \
 	  EXTRA="-p SYNTHETIC True -p INPUT_SIZE 64 -p BASE_FILTERS 16 -p EPOCHS 8 -p TIME_BUDGET_MINUTES 0 $(EXTRA)"
 
-test: install  ## unit tests and every notebook run by papermill
-	$(BIN)/python -m pytest -ra --durations=15
+test: install  ## unit tests and every notebook run by papermill, test files shared among TEST_WORKERS processes
+	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 lint: install  ## ruff over the package, tests and notebooks; no notebook with outputs
 	$(BIN)/ruff check helpers tests benchmarks notebooks

@@ -1,6 +1,6 @@
 """Data benchmark: manifest build and validation time, and training-pipeline throughput.
 
-Measures on the real data (default ``../shared/lgg``):
+Measures on the real data (``--data-dir``, else ``$LGG_DATA_DIR``, else the kagglehub download):
 
 * seconds to build the manifest of every slice and to validate every file;
 * slices per second the training pipeline delivers at 256x256 with

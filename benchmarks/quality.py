@@ -1,7 +1,8 @@
 """Quality benchmark: train the CPU profile on real data within a wall-clock budget.
 
-Splits the patients of the data folder (default ``../shared/lgg``) into
-train, validation and test; trains the ResUNet with the training pipeline of
+Splits the patients of the data folder (``--data-dir``, else
+``$LGG_DATA_DIR``, else the kagglehub download) into train, validation and
+test; trains the ResUNet with the training pipeline of
 notebook 04; chooses the checkpoint, threshold, component filter and flip
 test-time augmentation on validation patients only; then scores the test
 patients, which the model never saw. Writes ``quality.json``,

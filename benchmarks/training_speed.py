@@ -31,17 +31,20 @@ from helpers.model import build_resunet
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> list[str]:
-    """The flags of ``VECTOR_FLAGS`` this processor reports (Linux only; empty elsewhere)."""
+def processor() -> tuple[str, list[str]]:
+    """The processor's model name and which of ``VECTOR_FLAGS`` it reports (Linux only; else unknown, none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    flags = set()
+        return platform.processor() or "unknown processor", []
+    name, flags = "unknown processor", set()
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return [flag for flag in VECTOR_FLAGS if flag in flags]
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags.update(value.split())
+    return name, [flag for flag in VECTOR_FLAGS if flag in flags]
 
 
 def slices_per_second(input_size: int, width: int, batch_size: int, batches: int, policy: str,
@@ -93,11 +96,11 @@ def main() -> None:
 
     rates = {policy: slices_per_second(args.input_size, args.width, args.batch_size, args.batches, policy)
              for policy in args.policy}
+    name, flags = processor()
     summary = {
         "command": training.command_line("benchmarks/training_speed.py", args),
-        "machine": f"{platform.machine()}, {platform.processor() or 'unknown processor'}, "
-                   f"{training.describe_device()}",
-        "cpu_flags": cpu_flags(),
+        "machine": f"{platform.machine()}, {name}, {training.describe_device()}",
+        "cpu_flags": flags,
         "input_size": args.input_size, "width": args.width, "batch_size": args.batch_size,
         "timed_slices": args.batch_size * args.batches,
         "slices_per_second": rates,

@@ -1144,7 +1144,8 @@ def load_manifest(artifacts_dir: str | os.PathLike, data_dir: str | os.PathLike 
         return manifest
     missing = listed.iloc[0]
     try:
-        case_root = resolve_data_dir(data_dir, show_progress=False)
+        # As notebook 01 did: a zipped copy is extracted under the artifacts folder, not the working one.
+        case_root = resolve_data_dir(data_dir, show_progress=False, cache_dir=Path(artifacts_dir) / "data_cache")
     except DatasetError as error:
         raise DatasetError(
             f"{path} lists slices that are no longer there (the first: {missing}), and the data could not be "

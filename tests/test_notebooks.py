@@ -216,22 +216,37 @@ def test_training_run_again_keeps_an_ended_run_and_refuses_other_settings(series
     with pytest.raises(pytest.fail.Exception, match=r"ValueError.*base_filters: 16 there, 32 now"):
         execute("04_training.ipynb", tmp_path, {**parameters, "BASE_FILTERS": 32})
 
+    # Trained on from its own model.keras, as notebook 04 tells a reader to: the weights carry over, so its
+    # first epoch's loss starts below the first run's, and the starting point is recorded with the run.
+    continued = {**parameters, "INIT_MODEL": str(artifacts / "model.keras"), "RESUME": False, "EPOCHS": 1,
+                 "SCHEDULE": "constant", "LEARNING_RATE": 1e-4}
+    printed = "".join(output.get("text", "") for cell in execute("04_training.ipynb", tmp_path, continued).cells
+                      for output in cell.get("outputs", []))
+    assert f"Starting from the weights of {artifacts / 'model.keras'}" in printed
+    settings = json.loads((artifacts / "training" / "settings.json").read_text())
+    assert settings["init_model"] == str((artifacts / "model.keras").resolve())
+    assert pd.read_csv(artifacts / "training" / "history.csv")["loss"][0] < history_before["loss"][0]
+
 
 
 def test_training_on_flair_alone_saves_a_model_that_reads_flair_alone(series, tmp_path):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(series, artifacts)
     parameters = {"ARTIFACTS_DIR": str(artifacts), **SHARED, **SMALL["04_training.ipynb"], "EPOCHS": 2,
-                  "CHANNELS": [1], "RESUME": False, "KEEP_EPOCHS": True, "AVERAGE_FROM_EPOCH": 1}
+                  "CHANNELS": [1], "RESUME": False, "KEEP_EPOCHS": True, "AVERAGE_FROM_EPOCH": 1, "USE_AVERAGED": True}
     executed = execute("04_training.ipynb", tmp_path, parameters)
     assert json.loads((artifacts / "training" / "settings.json").read_text())["channels"] == [1]
-    model = keras.models.load_model(artifacts / "model.keras")
+    model = keras.models.load_model(artifacts / "model.previous.keras")  # the best epoch; model.keras is averaged
     assert model.get_layer("select_channels").channels == (1,)
     assert model.get_layer("enc0_conv1").kernel.shape[2] == 1
     # Both epochs kept, then averaged into training/averaged.keras beside model.keras.
     printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
-    assert "Epochs 1 to 2 averaged, batch norm recomputed over" in printed and "for model.keras" in printed
+    assert "Epochs 1 to 2 averaged, batch norm recomputed over" in printed and "for the best epoch" in printed
     averaged = keras.models.load_model(artifacts / "training" / "averaged.keras")
+    # USE_AVERAGED: the averaged network is now model.keras, the one notebooks 05 and 06 use.
+    published = keras.models.load_model(artifacts / "model.keras")
+    for mine, theirs in zip(published.get_weights(), averaged.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
     epochs = []
     for epoch in (1, 2):
         model.load_weights(artifacts / "training" / "epochs" / f"epoch_{epoch:03d}.weights.h5")

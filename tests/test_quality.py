@@ -77,7 +77,7 @@ def test_quality_scores_a_saved_model_on_test_patients_only(scored):
     assert json.loads((scored / "model.json").read_text())["input_size"] == 32
 
 
-def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
+def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored, monkeypatch):
     # Two different networks: the saved model must answer with the mean of their probabilities.
     # The other initialisation seed must not move the split.
     work = scored.parent
@@ -114,23 +114,27 @@ def test_quality_scores_the_mean_of_several_models_as_one_saved_model(scored):
     grey = np.repeat(x[..., 1:2], 3, axis=-1)
     np.testing.assert_allclose(routed_model.predict(grey, verbose=0), members[1].predict(grey, verbose=0), atol=1e-6)
     np.testing.assert_allclose(routed_model.predict(x, verbose=0), (answers[0] + answers[1]) / 2, atol=1e-6)
-    alone = run_script("quality.py", "--out", "alone", "--model", model, "--flair-only-members", "0", cwd=work)
-    assert alone.returncode != 0 and "give two or more" in alone.stderr
-    beyond = run_script("quality.py", "--out", "beyond", "--model", model, model, "--flair-only-members", "2", cwd=work)
-    assert beyond.returncode != 0 and "give indices of --model, 0 to 1" in beyond.stderr
+    monkeypatch.chdir(work)
+    alone = str(script_refusal("quality.py", monkeypatch, "--out", "alone", "--model", model, "--flair-only-members", "0"))
+    assert "give two or more" in alone
+    beyond = str(script_refusal("quality.py", monkeypatch, "--out", "beyond", "--model", model, model,
+                                "--flair-only-members", "2"))
+    assert "give indices of --model, 0 to 1" in beyond
 
 
-def test_quality_refuses_a_missing_model(tmp_path):
-    result = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", cwd=tmp_path)
-    assert result.returncode != 0 and "nowhere.keras: no such model" in result.stderr
-    start = run_script("quality.py", "--out", "out", "--init-model", "nowhere.keras", cwd=tmp_path)
-    assert start.returncode != 0 and "nowhere.keras: no such model" in start.stderr
-    both = run_script("quality.py", "--out", "out", "--model", "nowhere.keras", "--init-model", "nowhere.keras",
-                      cwd=tmp_path)
-    assert both.returncode != 0 and "--init-model sets how the network trains" in both.stderr
+def test_quality_refuses_a_missing_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = str(script_refusal("quality.py", monkeypatch, "--out", "out", "--model", "nowhere.keras"))
+    assert "nowhere.keras: no such model" in result
+    start = str(script_refusal("quality.py", monkeypatch, "--out", "out", "--init-model", "nowhere.keras"))
+    assert "nowhere.keras: no such model" in start
+    both = str(script_refusal("quality.py", monkeypatch, "--out", "out", "--model", "nowhere.keras",
+                              "--init-model", "nowhere.keras"))
+    assert "--init-model sets how the network trains" in both
+    assert not (tmp_path / "out").exists()
 
 
-def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
+def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path, monkeypatch):
     """The training path with --soft-masks, in bfloat16: one short epoch, then scored as any run, and rerunnable."""
     work = scored.parent
     result = run_script("quality.py", "--data-dir", "data", "--out", "soft", "--input-size", "32",
@@ -153,18 +157,19 @@ def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
     # The same command again does not train the finished run a second time; other settings are named.
     soft_command = ["--data-dir", "data", "--out", "soft", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
                     "--soft-masks", "--cache-dir", str(tmp_path / "cache"), "--policy", "mixed_bfloat16"]
-    twice = run_script("quality.py", *soft_command, cwd=work)
-    assert twice.returncode != 0 and "holds a finished run" in twice.stderr and "--evaluate-only" in twice.stderr
-    wider = run_script("quality.py", *soft_command, "--width", "8", cwd=work)
-    assert wider.returncode != 0 and "width: 16 there, 8 now" in wider.stderr and "another --out" in wider.stderr
+    # The refusals come before any work: run in this process, they spare a new interpreter each.
+    monkeypatch.chdir(work)
+    twice = str(script_refusal("quality.py", monkeypatch, *soft_command))
+    assert "holds a finished run" in twice and "--evaluate-only" in twice
+    wider = str(script_refusal("quality.py", monkeypatch, *soft_command, "--width", "8"))
+    assert "width: 16 there, 8 now" in wider and "another --out" in wider
     assert json.loads((work / "soft" / "quality.json").read_text()) == report  # nothing overwritten
     # Scored again, it must be given the command that trained it, which quality.json then records.
-    other = run_script("quality.py", *soft_command, "--init-seed", "3", "--evaluate-only", cwd=work)
-    assert other.returncode != 0 and "init_seed: None there, 3 now" in other.stderr
-    assert "the command that trained it" in other.stderr
+    other = str(script_refusal("quality.py", monkeypatch, *soft_command, "--init-seed", "3", "--evaluate-only"))
+    assert "init_seed: None there, 3 now" in other and "the command that trained it" in other
     assert json.loads((work / "soft" / "quality.json").read_text()) == report
-    refused = run_script("quality.py", "--out", "out", "--model", report["model"], "--soft-masks", cwd=work)
-    assert refused.returncode != 0 and "--soft-masks sets how the network trains" in refused.stderr
+    refused = str(script_refusal("quality.py", monkeypatch, "--out", "out", "--model", report["model"], "--soft-masks"))
+    assert "--soft-masks sets how the network trains" in refused
     # A finished run continued from its weights (a warm restart); a network of another width is refused.
     continued = run_script("quality.py", "--data-dir", "data", "--out", "continued", "--input-size", "32",
                            "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
@@ -172,13 +177,14 @@ def test_quality_trains_on_soft_targets_and_records_how(scored, tmp_path):
     assert continued.returncode == 0, continued.stderr[-3000:]
     again = json.loads((work / "continued" / "quality.json").read_text())
     assert again["epochs_run"] == 1 and " --init-model " in again["command"]
-    misfit = run_script("quality.py", "--data-dir", "data", "--out", "misfit", "--input-size", "32", "--width", "8",
-                        "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
-                        "--init-model", str(work / "soft" / "model.keras"), cwd=work)
-    assert misfit.returncode != 0 and "model.keras: its weights do not fit this model" in misfit.stderr
+    misfit = str(script_refusal("quality.py", monkeypatch, "--data-dir", "data", "--out", "misfit", "--input-size",
+                                "32", "--width", "8", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+                                "--init-model", str(work / "soft" / "model.keras")))
+    assert "model.keras: its weights do not fit this model" in misfit
     # Said before any data is read: this data folder does not exist.
-    missing = run_script("quality.py", "--data-dir", "nowhere", "--out", "untrained", "--evaluate-only", cwd=work)
-    assert missing.returncode != 0 and "no training run to evaluate" in missing.stderr
+    missing = str(script_refusal("quality.py", monkeypatch, "--data-dir", "nowhere", "--out", "untrained",
+                                 "--evaluate-only"))
+    assert "no training run to evaluate" in missing
 
 
 def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
@@ -200,9 +206,9 @@ def test_patient_ci_pairs_runs_on_their_common_patients(scored, tmp_path):
     assert rows[0]["ci_low"] <= rows[0]["dice_per_patient_mean"] <= rows[0]["ci_high"]
 
 
-def test_patient_ci_names_a_missing_table(tmp_path):
-    result = run_script("patient_ci.py", str(tmp_path / "nothing"), cwd=tmp_path)
-    assert result.returncode != 0 and "nothing/per_patient.csv: no per-patient table" in result.stderr
+def test_patient_ci_names_a_missing_table(tmp_path, monkeypatch):
+    refused = str(script_refusal("patient_ci.py", monkeypatch, str(tmp_path / "nothing")))
+    assert "nothing/per_patient.csv: no per-patient table" in refused
 
 
 def test_kept_epochs_measures_how_far_the_kept_epoch_stands_above_its_neighbours(tmp_path):
@@ -223,12 +229,13 @@ def test_kept_epochs_measures_how_far_the_kept_epoch_stands_above_its_neighbours
     assert slices["mean_of_3"] == pytest.approx(0.7333333)
 
 
-def test_kept_epochs_names_a_run_without_history_or_validation_scores(tmp_path):
-    missing = run_script("kept_epochs.py", "nothing", cwd=tmp_path)
-    assert missing.returncode != 0 and "nothing: no history.csv in it" in missing.stderr
+def test_kept_epochs_names_a_run_without_history_or_validation_scores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = str(script_refusal("kept_epochs.py", monkeypatch, "nothing"))
+    assert "nothing: no history.csv in it" in missing
     pd.DataFrame({"loss": [0.9, 0.7]}).to_csv(tmp_path / "train_only.csv", index=False)
-    unscored = run_script("kept_epochs.py", "train_only.csv", cwd=tmp_path)
-    assert unscored.returncode != 0 and "train_only.csv: the history has no val_patient_dice" in unscored.stderr
+    unscored = str(script_refusal("kept_epochs.py", monkeypatch, "train_only.csv"))
+    assert "train_only.csv: the history has no val_patient_dice" in unscored
 
 
 def test_resolution_bounds_each_input_size_by_the_ground_truth_alone(tmp_path):
