@@ -6,7 +6,15 @@ change files copies the dataset into its own ``tmp_path`` first.
 
 from __future__ import annotations
 
-import socket
+import os
+
+# Under pytest-xdist (make test runs TEST_WORKERS processes), one thread each for TensorFlow's ops keeps the
+# workers from fighting over the cores; the notebook kernels and scripts the tests start inherit it. Set
+# before anything imports TensorFlow, which reads it when it starts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+import socket  # noqa: E402
 from pathlib import Path
 
 import numpy as np
