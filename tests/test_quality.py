@@ -387,3 +387,22 @@ def test_weight_average_recomputes_batch_norm_over_the_runs_training_slices(tmp_
         np.testing.assert_array_equal(fresh.moving_mean.numpy(), 0.0)
         assert not np.allclose(layer.moving_mean.numpy(), 0.0) and not np.allclose(layer.moving_variance.numpy(), 1.0)
         np.testing.assert_array_equal(layer.gamma.numpy(), fresh.gamma.numpy())
+
+
+def test_training_speed_writes_the_rate_of_each_policy_and_the_processor(tmp_path, monkeypatch):
+    import keras
+
+    spec = importlib.util.spec_from_file_location("training_speed", REPO / "benchmarks" / "training_speed.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["training_speed.py", "--out", str(tmp_path), "--input-size", "32",
+                                      "--width", "16", "--batch-size", "2", "--batches", "2"])
+    script.main()
+    report = json.loads((tmp_path / "training_speed.json").read_text())
+    assert set(report["slices_per_second"]) == {"float32"} and report["slices_per_second"]["float32"] > 0
+    assert report["timed_slices"] == 4 and " --input-size 32 " in report["command"]
+    assert set(report["cpu_flags"]) <= set(script.VECTOR_FLAGS)
+    assert keras.mixed_precision.global_policy().name == "float32"  # left as it found it
+    monkeypatch.setattr(sys, "argv", ["training_speed.py", "--out", str(tmp_path), "--batches", "0"])
+    with pytest.raises(SystemExit, match="whole numbers from 1"):
+        script.main()
